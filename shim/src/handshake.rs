@@ -1,0 +1,57 @@
+//! The pipes between the shim and an instance process. The instance reports
+//! on the status pipe (`log ...` lines, then `ok` or `error ...`), then waits
+//! on the start pipe: one byte runs the guest, end-of-file means the task
+//! was deleted before it started.
+
+/// Descriptor of the status pipe's write end in the instance process.
+pub const STATUS_FD: i32 = 3;
+/// Descriptor of the start pipe's read end in the instance process.
+pub const START_FD: i32 = 4;
+
+/// What the instance reported once its status pipe closed or said `ok`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Report {
+    pub logs: Vec<String>,
+    pub result: Result<(), String>,
+}
+
+/// Parses the whole status stream. A stream that ends without `ok` or
+/// `error` means the instance died during setup.
+pub fn parse(stream: &str) -> Report {
+    let mut logs = Vec::new();
+    let mut lines = stream.split_inclusive('\n');
+    while let Some(line) = lines.next() {
+        if let Some(msg) = line.strip_prefix("log ") {
+            logs.push(msg.trim_end().to_string());
+        } else if line.trim_end() == "ok" {
+            return Report { logs, result: Ok(()) };
+        } else if let Some(first) = line.strip_prefix("error ") {
+            // The error is the rest of the stream, newlines included.
+            let rest: String = lines.collect();
+            return Report { logs, result: Err(format!("{first}{rest}").trim_end().to_string()) };
+        }
+    }
+    Report { logs, result: Err("the instance process exited during setup without a report".into()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_after_logs() {
+        let report = parse("log cache hit\nok\n");
+        assert_eq!(report, Report { logs: vec!["cache hit".into()], result: Ok(()) });
+    }
+
+    #[test]
+    fn error_keeps_every_line() {
+        let report = parse("error invalid wasm\n  caused by: x\n");
+        assert_eq!(report.result, Err("invalid wasm\n  caused by: x".into()));
+    }
+
+    #[test]
+    fn silence_is_an_error() {
+        assert!(parse("log a\n").result.unwrap_err().contains("exited during setup"));
+    }
+}

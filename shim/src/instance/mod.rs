@@ -1,0 +1,91 @@
+//! The instance process: one per wasm container, started by the shim as
+//! `containerd-shim-wasmlet-v1 instance BUNDLE MODULE EXPORT` with the
+//! container's stdio. It isolates itself, loads the module, reports on the
+//! status pipe, waits for Start, then runs the guest and exits with its code.
+
+mod isolation;
+mod privileges;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use oci_spec::runtime::Spec;
+
+use crate::cache::Cache;
+use crate::engine::{self, Guest, Prepared};
+use crate::handshake::{START_FD, STATUS_FD};
+use crate::{cgroup, workload};
+
+pub fn main(args: &[String]) -> ! {
+    // Safety: the shim hands these descriptors over and nothing else owns them.
+    let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
+    let prepared = match setup(args, &mut status) {
+        Ok(prepared) => prepared,
+        Err(err) => {
+            let _ = write!(status, "error {err:#}");
+            std::process::exit(1);
+        }
+    };
+    let _ = writeln!(status, "ok");
+    drop(status);
+    if !start_requested() {
+        std::process::exit(0);
+    }
+    let code = engine::run(prepared);
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
+
+fn start_requested() -> bool {
+    // Safety: as for the status pipe.
+    let mut start = unsafe { File::from_raw_fd(START_FD) };
+    let mut byte = [0u8; 1];
+    matches!(start.read(&mut byte), Ok(1))
+}
+
+fn setup(args: &[String], status: &mut File) -> Result<Prepared> {
+    let [bundle, module_path, export] = args else {
+        bail!("usage: instance BUNDLE MODULE EXPORT");
+    };
+    let bundle = Path::new(bundle);
+    let spec = Spec::load(bundle.join("config.json")).context("read the OCI spec")?;
+    let process = spec.process().as_ref().context("the spec has no process")?;
+    let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+
+    // The cgroup first, so that everything below is accounted to the container.
+    if let Some(path) = cgroup::path_of(&spec)? {
+        cgroup::create_and_join(&path, resources, std::process::id())?;
+    }
+    isolation::enter_namespaces(&spec)?;
+
+    let rootfs = rootfs_of(&spec, bundle);
+    let entry = workload::WasmEntry { path: module_path.into(), export: export.clone() };
+    let wasm = workload::read_module(&rootfs, &entry).with_context(|| format!("read {module_path}"))?;
+    let engine = engine::new_engine()?;
+    let (module, outcome) = engine::load(&engine, &Cache::from_env(), &wasm, &entry.path)?;
+    let _ = writeln!(status, "log compiled code for {module_path}: cache {outcome:?}");
+
+    isolation::enter_rootfs(&spec, &rootfs)?;
+    let args = process.args().clone().unwrap_or_default();
+    let mut argv = args.clone();
+    if let Some(first) = argv.first_mut() {
+        *first = workload::split_export(&args[0]).0.to_string();
+    }
+    let guest = Guest {
+        args: &argv,
+        env: process.env().as_deref().unwrap_or_default(),
+        cwd: process.cwd().to_str().unwrap_or("/"),
+        memory_limit: cgroup::memory_limit(resources),
+    };
+    let prepared = engine::prepare(&engine, &module, &entry.path, export, &guest)?;
+    privileges::drop_all(process.user())?;
+    Ok(prepared)
+}
+
+fn rootfs_of(spec: &Spec, bundle: &Path) -> PathBuf {
+    let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
+    bundle.join(root)
+}

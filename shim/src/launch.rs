@@ -1,0 +1,121 @@
+//! Starts an instance process for a wasm container (a fresh exec of this
+//! binary, never a bare fork of the multi-threaded shim) and collects its
+//! setup report.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result};
+use nix::fcntl::OFlag;
+
+use crate::handshake::{self, START_FD, STATUS_FD};
+use crate::workload::WasmEntry;
+
+/// The container's stdio as containerd hands it over: FIFO paths, or empty.
+#[derive(Debug, Clone, Default)]
+pub struct IoPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A set-up instance process waiting for Start.
+#[derive(Debug)]
+pub struct Launched {
+    pub pid: u32,
+    start: File,
+}
+
+impl Launched {
+    /// Lets the guest run.
+    pub fn start(mut self) -> Result<()> {
+        self.start.write_all(b"s").context("signal the instance process to start")
+    }
+}
+
+/// Spawns the instance for `entry` and waits for its report. `on_log`
+/// receives the instance's log lines; an `Err` carries its setup error, and
+/// the pid of the failed process for the caller to account for.
+pub fn launch(bundle: &Path, entry: &WasmEntry, io: &IoPaths, on_log: impl Fn(&str)) -> Result<Launched, (Option<u32>, anyhow::Error)> {
+    let (command, pipes) = prepare_command(bundle, entry, io).map_err(|e| (None, e))?;
+    let pid = spawn(command, pipes.child_ends).map_err(|e| (None, e))?;
+    let mut stream = String::new();
+    File::from(pipes.status_read).read_to_string(&mut stream).context("read the instance report").map_err(|e| (Some(pid), e))?;
+    let report = handshake::parse(&stream);
+    report.logs.iter().for_each(|l| on_log(l));
+    match report.result {
+        Ok(()) => Ok(Launched { pid, start: File::from(pipes.start_write) }),
+        Err(msg) => Err((Some(pid), anyhow::anyhow!(msg))),
+    }
+}
+
+/// The shim's ends of the two pipes, and the child's ends until it is spawned.
+struct Pipes {
+    status_read: OwnedFd,
+    start_write: OwnedFd,
+    child_ends: (OwnedFd, OwnedFd),
+}
+
+/// Spawns and then closes the parent's copies of everything the child got
+/// (pipe ends and stdio FIFOs), so that end-of-file arrives when the child
+/// is done with them.
+fn spawn(mut command: Command, child_ends: (OwnedFd, OwnedFd)) -> Result<u32> {
+    let child = command.spawn().context("spawn the instance process")?;
+    drop(command);
+    drop(child_ends);
+    Ok(child.id())
+}
+
+fn prepare_command(bundle: &Path, entry: &WasmEntry, io: &IoPaths) -> Result<(Command, Pipes)> {
+    let (status_read, status_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("create status pipe")?;
+    let (start_read, start_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("create start pipe")?;
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg("instance")
+        .arg(bundle)
+        .arg(&entry.path)
+        .arg(&entry.export)
+        .stdin(open_fifo(&io.stdin, false)?)
+        .stdout(open_fifo(&io.stdout, true)?)
+        .stderr(open_fifo(&io.stderr, true)?);
+    let (status_fd, start_fd) = (status_write.as_raw_fd(), start_read.as_raw_fd());
+    // Safety: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            // Move both ends above the target numbers first so neither
+            // overwrites the other, then place them; dup2 clears CLOEXEC.
+            let status_high = libc::fcntl(status_fd, libc::F_DUPFD_CLOEXEC, 10);
+            let start_high = libc::fcntl(start_fd, libc::F_DUPFD_CLOEXEC, 10);
+            if status_high < 0 || start_high < 0 || libc::dup2(status_high, STATUS_FD) < 0 || libc::dup2(start_high, START_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok((command, Pipes { status_read, start_write, child_ends: (status_write, start_read) }))
+}
+
+/// Opens one of containerd's stdio FIFOs, or /dev/null when none is given.
+fn open_fifo(path: &str, write: bool) -> Result<Stdio> {
+    if path.is_empty() {
+        return Ok(Stdio::null());
+    }
+    let mut options = OpenOptions::new();
+    if write {
+        options.write(true);
+    } else {
+        // containerd may not have a writer on stdin yet: do not block on it.
+        options.read(true).custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).with_context(|| format!("open stdio {path}"))?;
+    if !write {
+        let flags = OFlag::from_bits_truncate(nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?);
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    }
+    Ok(Stdio::from(file))
+}

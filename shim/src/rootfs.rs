@@ -1,0 +1,28 @@
+//! The container's rootfs as containerd hands it to a shim: a list of mounts
+//! (usually one overlay) to assemble at `BUNDLE/rootfs`, undone on Delete.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use containerd_shim::protos::types::mount::Mount;
+use tracing::warn;
+
+pub fn mount(bundle: &Path, mounts: &[Mount]) -> Result<PathBuf> {
+    let target = bundle.join("rootfs");
+    for m in mounts {
+        let fs_type = Some(m.type_.as_str()).filter(|t| !t.is_empty());
+        let source = Some(m.source.as_str()).filter(|s| !s.is_empty());
+        containerd_shim::mount::mount_rootfs(fs_type, source, &m.options, &target)
+            .with_context(|| format!("mount the container rootfs ({} {}) at {}", m.type_, m.source, target.display()))?;
+    }
+    Ok(target)
+}
+
+/// Unmounts everything at and below `target`; errors are logged, not fatal,
+/// so that a half-made task can always be cleaned up.
+pub fn unmount(target: &Path) {
+    let Some(path) = target.to_str() else { return };
+    if let Err(err) = containerd_shim::mount::umount_recursive(Some(path), libc::MNT_DETACH) {
+        warn!("unmount {path}: {err}");
+    }
+}

@@ -1,0 +1,333 @@
+//! The containerd Task API (shim v2 over ttrpc) for the wasm tasks of one
+//! shim: requests in, instance processes out, events back to containerd.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use containerd_shim::api::*;
+use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim::protos::topics::*;
+use containerd_shim::protos::ttrpc::{self, context::Context, Code, TtrpcContext};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::util::{convert_to_any, timestamp};
+use containerd_shim::{ExitSignal, Task as TaskApi};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+use tracing::{info, warn};
+
+use crate::launch::{self, IoPaths};
+use crate::task::{Exit, Task};
+use crate::{cgroup, rootfs, workload};
+
+pub struct Service {
+    namespace: String,
+    publisher: Arc<RemotePublisher>,
+    state: Arc<Mutex<Tasks>>,
+    shutdown: Arc<ExitSignal>,
+}
+
+#[derive(Default)]
+struct Tasks {
+    by_id: HashMap<String, Arc<Task>>,
+    /// Exits of pids not (yet) registered: a fast guest can exit before its
+    /// task is recorded, and a failed setup leaves a pid nobody claims.
+    unclaimed: HashMap<u32, Exit>,
+}
+
+type TtrpcResult<T> = ttrpc::Result<T>;
+
+fn rpc_error(code: Code, msg: impl std::fmt::Display) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg.to_string()))
+}
+
+fn unsupported(operation: &str) -> ttrpc::Error {
+    rpc_error(Code::UNIMPLEMENTED, format!("{operation} is not supported for wasm tasks"))
+}
+
+impl Service {
+    pub fn new(namespace: String, publisher: RemotePublisher, shutdown: Arc<ExitSignal>) -> Self {
+        let service = Service { namespace, publisher: Arc::new(publisher), state: Arc::default(), shutdown };
+        service.watch_exits();
+        service
+    }
+
+    /// Turns the shim's reaper notifications into task exits and exit events.
+    fn watch_exits(&self) {
+        let subscription = monitor_subscribe(Topic::Pid).expect("subscribe to process exits");
+        let state = self.state.clone();
+        let publisher = self.publisher.clone();
+        let namespace = self.namespace.clone();
+        std::thread::spawn(move || {
+            for event in subscription.rx.iter() {
+                let Subject::Pid(pid) = event.subject else { continue };
+                let exit = Exit { code: event.exit_code as u32, at: timestamp().unwrap_or_default() };
+                let mut tasks = state.lock().unwrap();
+                let Some(task) = tasks.by_id.values().find(|t| t.pid == pid as u32).cloned() else {
+                    tasks.unclaimed.insert(pid as u32, exit);
+                    continue;
+                };
+                drop(tasks);
+                info!(task = %task.id, pid, code = exit.code, "task exited");
+                task.exited(exit.clone());
+                let event = TaskExit {
+                    container_id: task.id.clone(),
+                    id: task.id.clone(),
+                    pid: task.pid,
+                    exit_status: exit.code,
+                    exited_at: MessageField::some(exit.at),
+                    ..Default::default()
+                };
+                publish(&publisher, &namespace, TASK_EXIT_EVENT_TOPIC, Box::new(event));
+            }
+        });
+    }
+
+    fn task(&self, id: &str) -> TtrpcResult<Arc<Task>> {
+        self.state.lock().unwrap().by_id.get(id).cloned().ok_or_else(|| rpc_error(Code::NOT_FOUND, format!("task {id} not found")))
+    }
+
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        publish(&self.publisher, &self.namespace, topic, event);
+    }
+
+    /// Everything Create does; on error, everything it made is undone.
+    fn create_task(&self, req: &CreateTaskRequest) -> anyhow::Result<Arc<Task>> {
+        use anyhow::Context as _;
+        if req.terminal {
+            anyhow::bail!("a terminal (tty) is not supported for wasm tasks");
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = Spec::load(bundle.join("config.json")).context("read the OCI spec")?;
+        let rootfs = rootfs::mount(&bundle, &req.rootfs)?;
+        let result = self.launch_in(&bundle, &rootfs, &spec, req);
+        if result.is_err() {
+            rootfs::unmount(&rootfs);
+        }
+        result
+    }
+
+    fn launch_in(&self, bundle: &Path, rootfs: &Path, spec: &Spec, req: &CreateTaskRequest) -> anyhow::Result<Arc<Task>> {
+        let process = spec.process().as_ref().ok_or_else(|| anyhow::anyhow!("the OCI spec has no process"))?;
+        let entry = workload::resolve(
+            rootfs,
+            process.args().as_deref().unwrap_or_default(),
+            process.env().as_deref().unwrap_or_default(),
+            process.cwd().to_str().unwrap_or("/"),
+        )?;
+        let cgroup_path = cgroup::path_of(spec)?;
+        let io = IoPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
+        let id = req.id.clone();
+        let launched = launch::launch(bundle, &entry, &io, |line| info!(task = %id, "{line}"));
+        let launched = match launched {
+            Ok(launched) => launched,
+            Err((pid, err)) => {
+                if let Some(pid) = pid {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+                if let Some(path) = &cgroup_path {
+                    remove_cgroup_when_empty(path);
+                }
+                return Err(err);
+            }
+        };
+        let task = Arc::new(Task::new(req.id.clone(), bundle.to_path_buf(), io, cgroup_path, launched));
+        let mut tasks = self.state.lock().unwrap();
+        if let Some(exit) = tasks.unclaimed.remove(&task.pid) {
+            task.exited(exit);
+        }
+        tasks.by_id.insert(task.id.clone(), task.clone());
+        Ok(task)
+    }
+
+    /// Kills a task that never started, then removes its cgroup and rootfs.
+    fn remove_task(&self, task: &Task) {
+        if !task.is_stopped() {
+            let _ = kill(Pid::from_raw(task.pid as i32), Signal::SIGKILL);
+            if task.wait(Some(Duration::from_secs(10))).is_none() {
+                warn!(task = %task.id, "instance process did not exit after SIGKILL");
+            }
+        }
+        if let Some(path) = &task.cgroup {
+            remove_cgroup_when_empty(path);
+        }
+        rootfs::unmount(&task.bundle.join("rootfs"));
+        self.state.lock().unwrap().by_id.remove(&task.id);
+    }
+}
+
+/// cgroup v1 refuses rmdir for a moment after the last process is reaped.
+fn remove_cgroup_when_empty(path: &str) {
+    for _ in 0..50 {
+        if cgroup::remove(path).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Err(err) = cgroup::remove(path) {
+        warn!("{err:#}");
+    }
+}
+
+fn publish(publisher: &RemotePublisher, namespace: &str, topic: &str, event: Box<dyn MessageDyn>) {
+    if let Err(err) = publisher.publish(Context::default(), topic, namespace, event) {
+        warn!(topic, "publish event: {err}");
+    }
+}
+
+impl TaskApi for Service {
+    fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
+        info!(task = %req.id, bundle = %req.bundle, "create");
+        let task = self.create_task(&req).map_err(|err| {
+            warn!(task = %req.id, "create failed: {err:#}");
+            rpc_error(Code::FAILED_PRECONDITION, format!("wasmlet: {err:#}"))
+        })?;
+        self.publish(
+            TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: task.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(containerd_shim::protos::events::task::TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                pid: task.pid,
+                ..Default::default()
+            }),
+        );
+        Ok(CreateTaskResponse { pid: task.pid, ..Default::default() })
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        if !req.exec_id.is_empty() {
+            return Err(unsupported("exec"));
+        }
+        let task = self.task(&req.id)?;
+        task.start().map_err(|e| rpc_error(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
+        info!(task = %task.id, pid = task.pid, "started");
+        self.publish(TASK_START_EVENT_TOPIC, Box::new(TaskStart { container_id: task.id.clone(), pid: task.pid, ..Default::default() }));
+        Ok(StartResponse { pid: task.pid, ..Default::default() })
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        let task = self.task(&req.id)?;
+        if task.is_stopped() {
+            return Err(rpc_error(Code::NOT_FOUND, format!("process {} already finished", task.pid)));
+        }
+        let signal = Signal::try_from(req.signal as i32).map_err(|_| rpc_error(Code::INVALID_ARGUMENT, format!("invalid signal {}", req.signal)))?;
+        info!(task = %task.id, ?signal, "kill");
+        kill(Pid::from_raw(task.pid as i32), signal).map_err(|e| rpc_error(Code::INTERNAL, format!("kill {}: {e}", task.pid)))?;
+        Ok(Empty::new())
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        if !req.exec_id.is_empty() {
+            return Err(unsupported("exec"));
+        }
+        let task = self.task(&req.id)?;
+        task.check_deletable().map_err(|e| rpc_error(Code::FAILED_PRECONDITION, e))?;
+        self.remove_task(&task);
+        let exit = task.wait(Some(Duration::ZERO)).unwrap_or(Exit { code: 137, at: timestamp().unwrap_or_default() });
+        info!(task = %task.id, code = exit.code, "deleted");
+        self.publish(
+            TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: task.id.clone(),
+                pid: task.pid,
+                exit_status: exit.code,
+                exited_at: MessageField::some(exit.at.clone()),
+                ..Default::default()
+            }),
+        );
+        Ok(DeleteResponse { pid: task.pid, exit_status: exit.code, exited_at: MessageField::some(exit.at), ..Default::default() })
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        let task = self.task(&req.id)?;
+        let exit = task.wait(None).expect("an unbounded wait returns an exit");
+        Ok(WaitResponse { exit_status: exit.code, exited_at: MessageField::some(exit.at), ..Default::default() })
+    }
+
+    fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        let task = self.task(&req.id)?;
+        let (status, exit) = task.status();
+        Ok(StateResponse {
+            id: task.id.clone(),
+            bundle: task.bundle.display().to_string(),
+            pid: task.pid,
+            status: status.into(),
+            stdin: task.io.stdin.clone(),
+            stdout: task.io.stdout.clone(),
+            stderr: task.io.stderr.clone(),
+            exit_status: exit.as_ref().map(|e| e.code).unwrap_or_default(),
+            exited_at: exit.map(|e| e.at).into(),
+            ..Default::default()
+        })
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        let task = self.task(&req.id)?;
+        let info = containerd_shim::protos::types::task::ProcessInfo { pid: task.pid, ..Default::default() };
+        Ok(PidsResponse { processes: vec![info], ..Default::default() })
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let task = self.task(&req.id)?;
+        let path = task.cgroup.as_deref().ok_or_else(|| rpc_error(Code::NOT_FOUND, format!("task {} has no cgroup", task.id)))?;
+        let metrics = cgroup::metrics(path).map_err(|e| rpc_error(Code::INTERNAL, format!("{e:#}")))?;
+        let any = convert_to_any(metrics).map_err(|e| rpc_error(Code::INTERNAL, e))?;
+        Ok(StatsResponse { stats: MessageField::some(any), ..Default::default() })
+    }
+
+    fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        let task = self.task(&req.id)?;
+        Ok(ConnectResponse { shim_pid: std::process::id(), task_pid: task.pid, ..Default::default() })
+    }
+
+    /// The guest reads containerd's stdin FIFO directly, so it sees
+    /// end-of-file as soon as containerd closes its side: nothing to do here.
+    fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        self.task(&req.id)?;
+        Ok(Empty::new())
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+        if self.state.lock().unwrap().by_id.is_empty() {
+            info!("last task gone: shim exits");
+            self.shutdown.signal();
+        }
+        Ok(Empty::new())
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        Err(unsupported("exec"))
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, _req: PauseRequest) -> TtrpcResult<Empty> {
+        Err(unsupported("pause"))
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, _req: ResumeRequest) -> TtrpcResult<Empty> {
+        Err(unsupported("resume"))
+    }
+
+    fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        Err(unsupported("checkpoint"))
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        Err(unsupported("resize pty"))
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, _req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        Err(unsupported("update of resources"))
+    }
+}

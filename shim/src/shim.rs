@@ -1,0 +1,80 @@
+//! The shim process itself: `start` (spawn or reuse the pod's shim daemon),
+//! `delete` (clean up after a shim that died), and the daemon's lifetime.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use containerd_shim::api::DeleteResponse;
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::util::{timestamp, write_address};
+use containerd_shim::{spawn, Config, ExitSignal, Flags, StartOpts};
+use oci_spec::runtime::Spec;
+use tracing_subscriber::EnvFilter;
+
+use crate::service::Service;
+use crate::{cgroup, rootfs};
+
+/// Containers carrying the same sandbox id share one shim (one per pod).
+const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+pub struct WasmletShim {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+}
+
+impl containerd_shim::Shim for WasmletShim {
+    type T = Service;
+
+    fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
+        config.no_setup_logger = true;
+        if args.action.is_empty() {
+            init_logging(args.debug);
+        }
+        WasmletShim { namespace: args.namespace.clone(), exit: Arc::default() }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        let grouping = Spec::load("config.json")
+            .ok()
+            .and_then(|spec| spec.annotations().as_ref().and_then(|a| a.get(SANDBOX_ID_ANNOTATION).cloned()))
+            .unwrap_or_else(|| opts.id.clone());
+        let (_pid, address) = spawn(opts, &grouping, Vec::new())?;
+        write_address(&address)?;
+        Ok(address)
+    }
+
+    /// Called by containerd in the bundle directory when the shim is gone:
+    /// undo what Create made so that nothing is left behind.
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        rootfs::unmount(&bundle.join("rootfs"));
+        if let Ok(Some(path)) = Spec::load(bundle.join("config.json")).map_err(anyhow::Error::from).and_then(|s| cgroup::path_of(&s)) {
+            let _ = cgroup::remove(&path);
+        }
+        Ok(DeleteResponse { exit_status: 137, exited_at: MessageField::some(timestamp()?), ..Default::default() })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        Service::new(self.namespace.clone(), publisher, self.exit.clone())
+    }
+}
+
+/// Logs go to the `log` FIFO containerd reads in the bundle directory (our
+/// working directory); `-debug` or WASMLET_LOG raise the level.
+fn init_logging(debug: bool) {
+    let default = if debug { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_env("WASMLET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    let fifo = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(Path::new("log"));
+    let _ = match fifo {
+        Ok(file) => builder.with_writer(std::sync::Mutex::new(file)).try_init(),
+        Err(_) => builder.with_writer(std::io::stderr).try_init(),
+    };
+}

@@ -1,0 +1,119 @@
+//! One wasm task as the shim tracks it: its instance process, its phase, and
+//! its exit, with a condition variable for Wait.
+
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use containerd_shim::api::Status;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+
+use crate::launch::{IoPaths, Launched};
+
+#[derive(Debug, Clone)]
+pub struct Exit {
+    pub code: u32,
+    pub at: Timestamp,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Set up and waiting for Start.
+    Created(Launched),
+    Running,
+    Stopped(Exit),
+}
+
+#[derive(Debug)]
+pub struct Task {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub io: IoPaths,
+    pub pid: u32,
+    /// The cgroup this shim created for the task, removed on Delete.
+    pub cgroup: Option<String>,
+    phase: Mutex<Phase>,
+    exited: Condvar,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PhaseError {
+    #[error("task {0} was already started")]
+    AlreadyStarted(String),
+    #[error("task {0} has already exited")]
+    Exited(String),
+    #[error("task {0} is still running")]
+    Running(String),
+}
+
+impl Task {
+    pub fn new(id: String, bundle: PathBuf, io: IoPaths, cgroup: Option<String>, launched: Launched) -> Self {
+        let pid = launched.pid;
+        Task { id, bundle, io, pid, cgroup, phase: Mutex::new(Phase::Created(launched)), exited: Condvar::new() }
+    }
+
+    /// Moves Created -> Running and lets the guest go.
+    pub fn start(&self) -> anyhow::Result<()> {
+        let mut phase = self.phase.lock().unwrap();
+        match std::mem::replace(&mut *phase, Phase::Running) {
+            Phase::Created(launched) => launched.start(),
+            other => {
+                let err = match &other {
+                    Phase::Stopped(_) => PhaseError::Exited(self.id.clone()),
+                    _ => PhaseError::AlreadyStarted(self.id.clone()),
+                };
+                *phase = other;
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Records the instance's exit and wakes every waiter.
+    pub fn exited(&self, exit: Exit) {
+        *self.phase.lock().unwrap() = Phase::Stopped(exit);
+        self.exited.notify_all();
+    }
+
+    pub fn status(&self) -> (Status, Option<Exit>) {
+        match &*self.phase.lock().unwrap() {
+            Phase::Created(_) => (Status::CREATED, None),
+            Phase::Running => (Status::RUNNING, None),
+            Phase::Stopped(exit) => (Status::STOPPED, Some(exit.clone())),
+        }
+    }
+
+    /// Blocks until the task has exited, or until `timeout` when one is given.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<Exit> {
+        let mut phase = self.phase.lock().unwrap();
+        loop {
+            if let Phase::Stopped(exit) = &*phase {
+                return Some(exit.clone());
+            }
+            phase = match timeout {
+                None => self.exited.wait(phase).unwrap(),
+                Some(t) => {
+                    let (guard, result) = self.exited.wait_timeout(phase, t).unwrap();
+                    if result.timed_out() {
+                        return match &*guard {
+                            Phase::Stopped(exit) => Some(exit.clone()),
+                            _ => None,
+                        };
+                    }
+                    guard
+                }
+            };
+        }
+    }
+
+    /// A running task cannot be deleted; a created one can (it is killed).
+    pub fn check_deletable(&self) -> Result<(), PhaseError> {
+        match &*self.phase.lock().unwrap() {
+            Phase::Running => Err(PhaseError::Running(self.id.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        matches!(&*self.phase.lock().unwrap(), Phase::Stopped(_))
+    }
+}

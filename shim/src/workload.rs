@@ -1,0 +1,172 @@
+//! Decides what a container's entrypoint is: a wasm module to run here, or
+//! something else. Pure logic over the spec and the rootfs, so it is tested
+//! without containerd.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+
+/// A wasm entrypoint: where the module is (inside the rootfs) and what to call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmEntry {
+    /// Absolute path of the module as the container sees it.
+    pub path: PathBuf,
+    /// The export to run; `_start` unless `args[0]` carries `#name`.
+    pub export: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EntryError {
+    #[error("the container has no process args: nothing to run")]
+    NoArgs,
+    #[error("entrypoint {0} not found in the container rootfs")]
+    NotFound(String),
+    #[error("entrypoint {0} is a native executable, not wasm: wasmlet runs only wasm in this release; use the runc runtime for it")]
+    Native(String),
+    #[error("entrypoint {0} is neither a wasm module nor a native executable")]
+    Unknown(String),
+    #[error("cannot read entrypoint {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+}
+
+/// Splits `args[0]` into the module path and the export to call.
+pub fn split_export(arg0: &str) -> (&str, &str) {
+    match arg0.rsplit_once('#') {
+        Some((path, export)) if !export.is_empty() => (path, export),
+        _ => (arg0.trim_end_matches('#'), "_start"),
+    }
+}
+
+/// Finds the entrypoint of `args` inside `rootfs` and checks that it is wasm.
+/// A bare name is looked up in `PATH` from the spec's env, like a shell would.
+pub fn resolve(rootfs: &Path, args: &[String], env: &[String], cwd: &str) -> Result<WasmEntry, EntryError> {
+    let arg0 = args.first().ok_or(EntryError::NoArgs)?;
+    let (name, export) = split_export(arg0);
+    let root = Dir::open_ambient_dir(rootfs, ambient_authority()).map_err(|e| EntryError::Unreadable {
+        path: rootfs.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let path = candidates(name, env, cwd)
+        .into_iter()
+        .find(|p| root.is_file(relative(p)))
+        .ok_or_else(|| EntryError::NotFound(name.to_string()))?;
+    let shown = path.display().to_string();
+    let mut magic = [0u8; 4];
+    let read = root
+        .open(relative(&path))
+        .and_then(|mut f| read_up_to(&mut f, &mut magic))
+        .map_err(|e| EntryError::Unreadable { path: shown.clone(), reason: e.to_string() })?;
+    match &magic[..read] {
+        m if m == WASM_MAGIC => Ok(WasmEntry { path, export: export.to_string() }),
+        m if m == ELF_MAGIC => Err(EntryError::Native(shown)),
+        _ => Err(EntryError::Unknown(shown)),
+    }
+}
+
+/// Reads the whole module; symlinks resolve inside the rootfs, never on the host.
+pub fn read_module(rootfs: &Path, entry: &WasmEntry) -> std::io::Result<Vec<u8>> {
+    Dir::open_ambient_dir(rootfs, ambient_authority())?.read(relative(&entry.path))
+}
+
+fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Paths to try for `name`, absolute as the container sees them.
+fn candidates(name: &str, env: &[String], cwd: &str) -> Vec<PathBuf> {
+    if name.starts_with('/') {
+        return vec![PathBuf::from(name)];
+    }
+    if name.contains('/') {
+        return vec![Path::new(cwd_or_root(cwd)).join(name)];
+    }
+    let path_var = env
+        .iter()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    let mut found: Vec<PathBuf> = path_var.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(name)).collect();
+    found.push(Path::new(cwd_or_root(cwd)).join(name));
+    found
+}
+
+fn cwd_or_root(cwd: &str) -> &str {
+    if cwd.starts_with('/') { cwd } else { "/" }
+}
+
+/// Strips the leading `/` so cap-std resolves the path inside its directory.
+fn relative(path: &Path) -> &Path {
+    path.strip_prefix("/").unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn rootfs_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, content) in files {
+            let path = dir.path().join(name.trim_start_matches('/'));
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, content).unwrap();
+        }
+        dir
+    }
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn export_suffix_is_split_off() {
+        assert_eq!(split_export("/app.wasm#greet"), ("/app.wasm", "greet"));
+        assert_eq!(split_export("/app.wasm"), ("/app.wasm", "_start"));
+        assert_eq!(split_export("/app.wasm#"), ("/app.wasm", "_start"));
+    }
+
+    #[test]
+    fn wasm_entrypoint_is_found_by_absolute_path_and_export() {
+        let root = rootfs_with(&[("/app.wasm", b"\0asm\x01\0\0\0")]);
+        let entry = resolve(root.path(), &args(&["/app.wasm#greet"]), &[], "/").unwrap();
+        assert_eq!(entry, WasmEntry { path: "/app.wasm".into(), export: "greet".into() });
+    }
+
+    #[test]
+    fn bare_name_is_looked_up_in_path() {
+        let root = rootfs_with(&[("/opt/bin/tool.wasm", b"\0asm\x01\0\0\0")]);
+        let env = args(&["PATH=/usr/bin:/opt/bin"]);
+        let entry = resolve(root.path(), &args(&["tool.wasm"]), &env, "/").unwrap();
+        assert_eq!(entry.path, PathBuf::from("/opt/bin/tool.wasm"));
+    }
+
+    #[test]
+    fn each_bad_entrypoint_has_its_own_error() {
+        let root = rootfs_with(&[("/elf", b"\x7fELF\x02\x01"), ("/text", b"hello"), ("/empty", b"")]);
+        let run = |a: &str| resolve(root.path(), &args(&[a]), &[], "/").unwrap_err();
+        assert_eq!(run("/missing.wasm"), EntryError::NotFound("/missing.wasm".into()));
+        assert_eq!(run("/elf"), EntryError::Native("/elf".into()));
+        assert_eq!(run("/text"), EntryError::Unknown("/text".into()));
+        assert_eq!(run("/empty"), EntryError::Unknown("/empty".into()));
+        assert_eq!(resolve(root.path(), &[], &[], "/").unwrap_err(), EntryError::NoArgs);
+    }
+
+    #[test]
+    fn symlinks_cannot_leave_the_rootfs() {
+        let root = rootfs_with(&[]);
+        std::os::unix::fs::symlink("/etc/passwd", root.path().join("escape")).unwrap();
+        let err = resolve(root.path(), &args(&["/escape"]), &[], "/").unwrap_err();
+        assert_eq!(err, EntryError::NotFound("/escape".into()));
+    }
+}
