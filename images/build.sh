@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Builds the example workloads and packs them, plus a native runc image,
+# a busybox image and some broken images, into <repo>/out/images/*.tar
+# for `ctr images import`. Works from any directory; installs the wasm
+# target and busybox-static only when they are missing.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(dirname "$HERE")"
+OUT="$REPO/out"
+IMAGES="$OUT/images"
+SCRATCH="$OUT/image-files"
+WORKLOADS="$HERE/workloads"
+TARGET_DIR="$WORKLOADS/target"
+WASM_DIR="$TARGET_DIR/wasm32-wasip1/release"
+NATIVE_HELLO="$TARGET_DIR/x86_64-unknown-linux-gnu/release/hello"
+
+WASM_WORKLOADS=(hello exit-code trap sleep files memory-hog)
+BUSYBOX_APPLETS=(sh echo sleep cat true ls)
+
+log() { echo "build.sh: $*" >&2; }
+
+apt_install() {
+    log "installing $*"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_tools() {
+    if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+        log "adding rust target wasm32-wasip1"
+        rustup target add wasm32-wasip1
+    fi
+    # The plain `busybox` package is dynamically linked; we need the static one.
+    if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed"; then
+        apt_install busybox-static
+    fi
+}
+
+# Runs in a subshell so the cd stays local; cargo then uses the workloads
+# workspace rather than the shim's.
+build_workloads() (
+    cd "$WORKLOADS"
+    log "building wasm workloads"
+    # Empty RUSTFLAGS: a caller's flags must not leak into the wasm build.
+    RUSTFLAGS= cargo build --release --target wasm32-wasip1 --target-dir "$TARGET_DIR"
+    log "building static native hello"
+    RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --release --target x86_64-unknown-linux-gnu --target-dir "$TARGET_DIR" -p hello
+)
+
+pack() {
+    python3 "$HERE/pack.py" "$@"
+}
+
+pack_wasm_images() {
+    local name
+    for name in "${WASM_WORKLOADS[@]}"; do
+        pack --name "wasmlet.test/$name:latest" --out "$IMAGES/$name.tar" \
+            --file "/$name.wasm=$WASM_DIR/$name.wasm" --entrypoint "/$name.wasm"
+    done
+}
+
+pack_native_images() {
+    pack --name wasmlet.test/hello-native:latest --out "$IMAGES/hello-native.tar" \
+        --file "/hello=$NATIVE_HELLO" --entrypoint /hello
+
+    local links=() applet
+    for applet in "${BUSYBOX_APPLETS[@]}"; do
+        links+=(--link "/bin/$applet=busybox")
+    done
+    pack --name wasmlet.test/busybox:latest --out "$IMAGES/busybox.tar" \
+        --file /bin/busybox=/bin/busybox "${links[@]}" \
+        --env PATH=/bin --cmd /bin/sh
+}
+
+# Images the shim must reject cleanly: broken, non-wasm and unlinkable modules.
+pack_bad_images() {
+    mkdir -p "$SCRATCH"
+    local hello="$WASM_DIR/hello.wasm"
+
+    head -c "$(( $(stat -c %s "$hello") / 2 ))" "$hello" >"$SCRATCH/truncated.wasm"
+    printf 'this is not wasm\n' >"$SCRATCH/notwasm.wasm"
+    python3 "$HERE/make-bad-import.py" "$SCRATCH/bad-import.wasm"
+    # pack.py keeps file modes; make them executable like real entrypoints.
+    chmod 0755 "$SCRATCH"/*.wasm
+
+    pack --name wasmlet.test/bad-truncated:latest --out "$IMAGES/bad-truncated.tar" \
+        --file "/app.wasm=$SCRATCH/truncated.wasm" --entrypoint /app.wasm
+    pack --name wasmlet.test/bad-notwasm:latest --out "$IMAGES/bad-notwasm.tar" \
+        --file "/app.wasm=$SCRATCH/notwasm.wasm" --entrypoint /app.wasm
+    pack --name wasmlet.test/bad-import:latest --out "$IMAGES/bad-import.tar" \
+        --file "/app.wasm=$SCRATCH/bad-import.wasm" --entrypoint /app.wasm
+}
+
+main() {
+    ensure_tools
+    build_workloads
+    mkdir -p "$IMAGES"
+    pack_wasm_images
+    pack_native_images
+    pack_bad_images
+    log "images written to $IMAGES:"
+    ls -1 "$IMAGES" >&2
+}
+
+main "$@"

@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Run wasm tasks (wasmlet) next to runc tasks on a private containerd and
+print what each did. Needs the shim built and out/images filled:
+`make demo` does both first.
+"""
+
+import atexit
+import glob
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e"))
+
+from harness import REPO_ROOT, RUNC_RUNTIME, SHIM_NAME, WASM_RUNTIME, Containerd  # noqa: E402
+
+IMAGES_DIR = os.path.join(REPO_ROOT, "out", "images")
+EXCERPT = 70  # characters of output shown per task
+
+
+def printable(text):
+    """Escape control characters (error texts may hold a NUL) but keep newlines."""
+    return "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in text)
+
+
+def excerpt(text):
+    """Output on one line, cut to fit the table."""
+    flat = " | ".join(line.strip() for line in printable(text).splitlines() if line.strip())
+    return flat if len(flat) <= EXCERPT else flat[:EXCERPT - 3] + "..."
+
+
+def show_command(args, env=None):
+    words = [f"{k}={v}" for k, v in (env or {}).items()] + list(args)
+    return shlex.join(words) or "(image default)"
+
+
+class Demo:
+    def __init__(self, ctd):
+        self.ctd = ctd
+        self.rows = []
+        self.errors = []  # (task, full text) of tasks that could not run
+
+    def add(self, task, runtime, command, code, output):
+        short = "wasmlet" if runtime == WASM_RUNTIME else "runc"
+        self.rows.append((task, short, command, str(code), excerpt(output)))
+        # "ctr: ..." is ctr's own error (e.g. the shim failed), not task output.
+        if code == "error" or "ctr: " in output:
+            self.errors.append((task, printable(output.strip())))
+
+    def run(self, task, image, args=(), runtime=WASM_RUNTIME, env=None, mounts=(), note=None,
+            label=None):
+        """One foreground task; errors become table rows, not exceptions."""
+        try:
+            res = self.ctd.run(image, task, *args, runtime=runtime, env=env, mounts=mounts)
+            code, output = res.returncode, res.stdout + res.stderr
+        except Exception as e:
+            code, output = "error", str(e)
+        if note:
+            output = output.rstrip("\n") + "\n" + note()
+        self.add(task, runtime, label or show_command(args, env), code, output)
+
+    def run_and_kill(self, task, image):
+        """Start a task detached, SIGTERM it, and report its exit code."""
+        command = "(detached) then SIGTERM"
+        try:
+            res = self.ctd.run(image, task, detach=True)
+            if res.returncode != 0:
+                self.add(task, WASM_RUNTIME, command, "error", res.stderr or res.stdout)
+                self.ctd.delete_all()
+                return
+            time.sleep(1)  # let it get going before the signal
+            self.ctd.task_kill(task, "SIGTERM")
+            self.ctd.task_wait(task, timeout=15)
+            code = self.ctd.task_delete(task)
+            self.ctd.container_delete(task)
+            self.add(task, WASM_RUNTIME, command, code, "killed by SIGTERM (143 expected)")
+        except Exception as e:
+            self.add(task, WASM_RUNTIME, command, "error", str(e))
+            self.ctd.ctr("tasks", "rm", "-f", task, check=False)
+            self.ctd.container_delete(task)
+
+    def print_table(self):
+        header = ("TASK", "RUNTIME", "COMMAND", "EXIT", "OUTPUT")
+        widths = [max(len(row[i]) for row in [header] + self.rows) for i in range(len(header))]
+        for row in [header] + self.rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if self.errors:
+            print("\nErrors in full:")
+            for task, text in self.errors:
+                print(f"  {task}: " + text.replace("\n", "\n    "))
+
+
+def main():
+    if not glob.glob(os.path.join(IMAGES_DIR, "*.tar")):
+        sys.exit(f"no images in {IMAGES_DIR}: run make images")
+    shim = os.path.join(REPO_ROOT, "target", "release", SHIM_NAME)
+    if not os.path.exists(shim):
+        print(f"warning: {shim} is missing (run make build); wasm tasks will fail", file=sys.stderr)
+
+    ctd = Containerd(namespace="wasmlet-demo")
+    atexit.register(ctd.stop)
+    # Host dirs for the files workload: read-only input, writable output.
+    host = tempfile.mkdtemp(prefix="wasmlet-demo-files-")
+    atexit.register(shutil.rmtree, host, True)
+    config, data = os.path.join(host, "config"), os.path.join(host, "data")
+    os.makedirs(config)
+    os.makedirs(data)
+    with open(os.path.join(config, "input.txt"), "w") as f:
+        f.write("hello from the host\n")
+
+    def read_output():
+        try:
+            with open(os.path.join(data, "output.txt")) as f:
+                return f"host sees data/output.txt: {f.read()!r}"
+        except OSError as e:
+            return f"host cannot read data/output.txt: {e.strerror}"
+
+    print(f"containerd: {ctd.dir} (snapshotter {ctd.snapshotter})")
+    ctd.import_images(IMAGES_DIR)
+
+    demo = Demo(ctd)
+    demo.run("wasm-hello", "wasmlet.test/hello:latest", ["/hello.wasm", "a", "b"],
+             env={"HELLO_NAME": "demo"})
+    demo.run("wasm-exit-code", "wasmlet.test/exit-code:latest")
+    demo.run("wasm-trap", "wasmlet.test/trap:latest")
+    demo.run("wasm-files", "wasmlet.test/files:latest",
+             mounts=[(config, "/config", "rbind:ro"), (data, "/data", "rbind:rw")],
+             note=read_output, label="(image default), /config ro, /data rw")
+    demo.run_and_kill("wasm-sleep", "wasmlet.test/sleep:latest")
+    demo.run("runc-echo", "wasmlet.test/busybox:latest", ["/bin/echo", "hello from runc"],
+             runtime=RUNC_RUNTIME)
+    demo.run("runc-hello", "wasmlet.test/hello-native:latest", runtime=RUNC_RUNTIME)
+
+    print()
+    demo.print_table()
+    print()
+    left = ctd.leftovers()
+    print("leftovers: " + ("none" if not left else "\n  " + "\n  ".join(left)))
+    ctd.stop()
+
+
+if __name__ == "__main__":
+    main()

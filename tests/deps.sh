@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Install what the test suite needs on a fresh Debian 12 (run as root).
+# Idempotent and quiet: does nothing when everything is already there.
+set -euo pipefail
+
+PYTEST_VERSION=8.4.2
+APT_PACKAGES=(containerd runc protobuf-compiler busybox-static)
+WASM_TARGETS=(wasm32-wasip1 wasm32-wasip2)
+
+# cargo/rustup usually live in ~/.cargo/bin, which a non-login shell may lack.
+if ! command -v rustup >/dev/null 2>&1 && [[ -f "$HOME/.cargo/env" ]]; then
+    # shellcheck disable=SC1091
+    source "$HOME/.cargo/env"
+fi
+
+# Run a command silently, but show its output if it fails.
+quiet() {
+    local log rc=0
+    log=$(mktemp)
+    "$@" >"$log" 2>&1 || rc=$?
+    if ((rc)); then
+        cat "$log" >&2
+    fi
+    rm -f "$log"
+    return "$rc"
+}
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    if [[ "$status" != "install ok installed" ]]; then
+        missing+=("$pkg")
+    fi
+done
+if ((${#missing[@]})); then
+    echo "deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    quiet apt-get update
+    quiet apt-get install -y "${missing[@]}"
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+    installed=$(rustup target list --installed)
+    for target in "${WASM_TARGETS[@]}"; do
+        if ! grep -qx "$target" <<<"$installed"; then
+            echo "deps: adding rust target $target"
+            quiet rustup target add "$target"
+        fi
+    done
+else
+    echo "deps: rustup not found; cannot add ${WASM_TARGETS[*]}" >&2
+    exit 1
+fi
+
+if ! python3 -c 'import pytest' >/dev/null 2>&1; then
+    echo "deps: installing pytest==$PYTEST_VERSION"
+    quiet python3 -m pip install --root-user-action=ignore "pytest==$PYTEST_VERSION"
+fi

@@ -1,0 +1,466 @@
+"""A private containerd for end-to-end tests of the wasmlet shim.
+
+Each Containerd gets its own temp dir with root, state, sockets, log and
+config, so tests never touch the host's containerd. Python stdlib only.
+
+    ctd = Containerd()
+    atexit.register(ctd.stop)
+    ctd.import_images("out/images")
+    res = ctd.run("wasmlet.test/hello:latest", "t1", "a", "b")
+    assert res.returncode == 0 and ctd.leftovers() == []
+    ctd.stop()
+
+Run two harnesses at the same time only with different namespaces: cgroups
+are named after the namespace, and stop() cleans up the namespace's cgroups.
+"""
+
+import glob
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SHIM_NAME = "containerd-shim-wasmlet-v1"
+DEFAULT_SHIM_DIR = os.path.join(REPO_ROOT, "target", "release")
+WASM_RUNTIME = "io.containerd.wasmlet.v1"
+RUNC_RUNTIME = "io.containerd.runc.v2"
+CGROUP_ROOT = "/sys/fs/cgroup"
+# Shims listen on /run/containerd/s/<sha256 of "ADDRESS/NAMESPACE/ID">,
+# whatever containerd's state dir is.
+SHIM_SOCKET_DIR = "/run/containerd/s"
+
+
+class CtrError(subprocess.CalledProcessError):
+    """A failed ctr call; str() includes what ctr printed."""
+
+    def __str__(self):
+        cmd = " ".join(self.cmd)
+        out = (self.stderr or "").strip() or (self.output or "").strip()
+        return f"`{cmd}` exited {self.returncode}: {out}"
+
+
+class Containerd:
+    """A containerd daemon of our own, with helpers around `ctr`."""
+
+    def __init__(self, shim_dir=DEFAULT_SHIM_DIR, namespace="wasmlet-test",
+                 snapshotter=None, log_level="info", start_timeout=30):
+        self.namespace = namespace
+        self.shim_dir = os.path.abspath(shim_dir)
+        self.proc = None
+        self._stopped = False
+        self._task_ids = set()  # every id seen, to find their shim sockets
+        self.dir = tempfile.mkdtemp(prefix="wasmlet-e2e-", dir="/tmp")
+        self.root = os.path.join(self.dir, "root")
+        self.state = os.path.join(self.dir, "state")
+        self.socket = os.path.join(self.dir, "containerd.sock")
+        self.ttrpc_socket = os.path.join(self.dir, "containerd-ttrpc.sock")
+        self.config = os.path.join(self.dir, "config.toml")
+        self.log_path = os.path.join(self.dir, "containerd.log")
+        self.cache_dir = os.path.join(self.dir, "cache")
+        self.fifo_dir = os.path.join(self.dir, "fifo")
+        self.runc_root = os.path.join(self.dir, "runc")
+        # Task bundles (and their rootfs mounts) live here, one per task id.
+        self.bundles = os.path.join(self.state, "io.containerd.runtime.v2.task", namespace)
+        for d in (self.root, self.state, self.cache_dir, self.fifo_dir):
+            os.makedirs(d)
+        try:
+            self.snapshotter = snapshotter or self._pick_snapshotter()
+            self._write_config(log_level)
+            self._start(start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    # ---- startup -------------------------------------------------------
+
+    def _pick_snapshotter(self):
+        """overlayfs if an overlay mount works in our temp dir, else native."""
+        probe = os.path.join(self.dir, "overlay-probe")
+        lower1, lower2, upper, work, merged = (
+            os.path.join(probe, n) for n in ("l1", "l2", "u", "w", "m"))
+        for d in (lower1, lower2, upper, work, merged):
+            os.makedirs(d)
+        opts = f"lowerdir={lower1}:{lower2},upperdir={upper},workdir={work}"
+        res = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, merged],
+                             capture_output=True, text=True)
+        ok = res.returncode == 0
+        if ok:
+            try:
+                with open(os.path.join(merged, "x"), "w") as f:
+                    f.write("x")
+            except OSError:
+                ok = False
+            subprocess.run(["umount", merged], capture_output=True)
+        shutil.rmtree(probe, ignore_errors=True)
+        return "overlayfs" if ok else "native"
+
+    def _write_config(self, log_level):
+        opt_dir = os.path.join(self.dir, "opt")
+        with open(self.config, "w") as f:
+            f.write(f"""version = 2
+root = "{self.root}"
+state = "{self.state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{self.socket}"
+
+[ttrpc]
+  address = "{self.ttrpc_socket}"
+
+[debug]
+  level = "{log_level}"
+
+# Keep containerd away from the host's /opt/containerd.
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt_dir}"
+""")
+
+    def _start(self, timeout):
+        env = dict(os.environ)
+        # containerd finds shims on PATH and hands its environment to them.
+        env["PATH"] = self.shim_dir + ":" + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        env["WASMLET_CACHE_DIR"] = self.cache_dir
+        # Don't let the caller's setting change which snapshotter ctr uses.
+        env.pop("CONTAINERD_SNAPSHOTTER", None)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["containerd", "--config", self.config],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+                start_new_session=True)  # a Ctrl-C of the tests should not hit it first
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"containerd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            res = self.ctr("version", check=False, timeout=10)
+            if res.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"containerd did not answer within {timeout}s:\n"
+                                   f"{res.stderr}\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def log_tail(self, lines=40):
+        """The last lines of containerd's log, for error messages."""
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return "(no containerd log)"
+
+    # ---- ctr -----------------------------------------------------------
+
+    def ctr(self, *args, check=True, timeout=60, input=None):
+        """Run `ctr -a SOCK -n NS ARGS...`; returns a text CompletedProcess."""
+        cmd = ["ctr", "-a", self.socket, "-n", self.namespace, *map(str, args)]
+        res = subprocess.run(cmd, input=input, capture_output=True, text=True,
+                             timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+        if check and res.returncode != 0:
+            raise CtrError(res.returncode, cmd, res.stdout, res.stderr)
+        return res
+
+    def import_images(self, directory):
+        """Import every *.tar in directory; returns the archives imported."""
+        tars = sorted(glob.glob(os.path.join(directory, "*.tar")))
+        for tar in tars:
+            self.ctr("images", "import", "--snapshotter", self.snapshotter, tar, timeout=300)
+        return tars
+
+    def run(self, image, task_id, *args, runtime=WASM_RUNTIME, env=None, mounts=(),
+            memory_limit=None, rm=True, timeout=60, detach=False, extra=()):
+        """`ctr run` image as container task_id with args; returns CompletedProcess.
+
+        The return code is the task's exit code (for detach: ctr's own).
+        ctr replaces the image's whole argv (entrypoint too) when args are
+        given, so pass the program first: run(img, id, "/hello.wasm", "a").
+        mounts are (src, dst, options) with options like "rbind:ro".
+        extra is a list of further ctr run flags.
+        """
+        cmd = ["run", "--snapshotter", self.snapshotter, "--runtime", runtime,
+               "--fifo-dir", self.fifo_dir]
+        if runtime == RUNC_RUNTIME:
+            # Keep runc's state in our temp dir, not /run/containerd/runc.
+            cmd += ["--runc-root", self.runc_root]
+        for key, value in (env or {}).items():
+            cmd += ["--env", f"{key}={value}"]
+        for src, dst, options in mounts:
+            cmd += ["--mount", f"type=bind,src={src},dst={dst},options={options}"]
+        if memory_limit is not None:
+            cmd += ["--memory-limit", str(memory_limit)]
+        if detach:
+            cmd.append("-d")  # ctr refuses --rm together with -d
+        elif rm:
+            cmd.append("--rm")
+        cmd += [*extra, image, task_id, *args]
+        self._task_ids.add(task_id)
+        try:
+            return self.ctr(*cmd, check=False, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # ctr was killed, the task was not: don't leave it running.
+            self.ctr("tasks", "rm", "-f", task_id, check=False)
+            if rm and not detach:
+                self.ctr("containers", "rm", task_id, check=False)
+            raise
+
+    # ---- tasks and containers ---------------------------------------------
+
+    def tasks(self):
+        """{task id: status} for every task, status like RUNNING or STOPPED."""
+        res = self.ctr("tasks", "ls")
+        out = {}
+        for line in res.stdout.splitlines()[1:]:  # skip the header
+            fields = line.split()
+            if len(fields) >= 3:
+                out[fields[0]] = fields[2]
+        self._task_ids.update(out)
+        return out
+
+    def containers(self):
+        """Ids of every container in the namespace."""
+        return self.ctr("containers", "ls", "-q").stdout.split()
+
+    def task_kill(self, task_id, signal="SIGTERM", all=False):
+        """Send signal (name or number) to the task's init process."""
+        args = ["tasks", "kill", "-s", str(signal)]
+        if all:
+            args.append("--all")
+        return self.ctr(*args, task_id)
+
+    def task_wait(self, task_id, timeout=30):
+        """Wait until the task is STOPPED or gone; returns its final status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.tasks().get(task_id)
+            if status in (None, "STOPPED"):
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"task {task_id} still {status} after {timeout}s")
+            time.sleep(0.1)
+
+    def task_delete(self, task_id, force=False):
+        """Delete a stopped task (force: kill it first); returns its exit code."""
+        args = ["tasks", "rm"] + (["-f"] if force else []) + [task_id]
+        res = self.ctr(*args)
+        # ctr 1.6 exits 0 here and only warns about a non-zero exit code.
+        match = re.search(r"exit with non-zero exit code (\d+)", res.stderr)
+        return int(match.group(1)) if match else 0
+
+    def container_delete(self, container_id):
+        """Delete a container and its snapshot."""
+        return self.ctr("containers", "rm", container_id, check=False)
+
+    def delete_all(self):
+        """Kill and delete every task, then delete every container."""
+        for task_id in self.tasks():
+            self.ctr("tasks", "rm", "-f", task_id, check=False)
+        for container_id in self.containers():
+            self.ctr("containers", "rm", container_id, check=False)
+
+    # ---- what tasks left behind --------------------------------------------
+
+    def leftovers(self, include_live=False, wait=5.0):
+        """Human-readable descriptions of what tasks left behind.
+
+        Looks for processes mentioning our temp dir or socket (shims, wasm
+        instances) or living in the namespace's cgroups, mounts under our temp
+        dir, and task cgroup dirs. What belongs to a task that still exists is
+        not reported unless include_live. Shims exit a moment after their last
+        task is deleted, so this retries for up to `wait` seconds.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            live = set() if include_live or not self._running() else set(self.tasks())
+            found = (self._stray_processes(live) + self._stray_mounts(live)
+                     + self._stray_cgroups(live) + self._stray_sockets(live))
+            if not found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.2)
+
+    def _running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def _our_processes(self, live):
+        """{pid: description} of processes that are ours, minus live tasks'."""
+        me = os.getpid()
+        needle = self.dir.encode()
+        parents, found, exempt = {}, {}, set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            pid = int(entry)
+            try:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    # comm may hold spaces, so split after its closing paren.
+                    state, ppid = f.read().rsplit(b")", 1)[1].split()[:2]
+                parents[pid] = int(ppid)
+                if state == b"Z":
+                    continue  # dead already, just not reaped yet
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                environ = b""
+                try:
+                    with open(f"/proc/{pid}/environ", "rb") as f:
+                        environ = f.read()
+                except OSError:
+                    pass
+                with open(f"/proc/{pid}/cgroup") as f:
+                    cgroups = [line.split(":", 2)[2].strip() for line in f if line.count(":") >= 2]
+            except (OSError, ValueError, IndexError):
+                continue  # exited meanwhile, or a kernel thread
+            if pid == me or (self.proc is not None and pid == self.proc.pid):
+                continue
+            argv = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
+            task_cgroups = [c for c in cgroups if c.startswith(f"/{self.namespace}/")]
+            if needle not in cmdline and needle not in environ and not task_cgroups:
+                continue
+            found[pid] = " ".join(argv)[:200] or "(no cmdline)"
+            # A shim names its task with -id; a task process sits in /<ns>/<id>.
+            ids = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-id"}
+            ids |= {c.split("/")[2] for c in task_cgroups}
+            self._task_ids.update(ids)
+            if ids & live:
+                exempt.add(pid)
+        # Children of a live task's shim (e.g. wasm instances) are live too.
+        for pid in list(found):
+            p = pid
+            while p > 1 and p not in exempt:
+                p = parents.get(p, 0)
+            if p in exempt:
+                exempt.add(pid)
+        return {pid: d for pid, d in found.items() if pid not in exempt}
+
+    def _stray_processes(self, live):
+        return [f"process {pid}: {desc}" for pid, desc in sorted(self._our_processes(live).items())]
+
+    def _mounts_under_dir(self):
+        """Mount points at or below our temp dir, in mount order."""
+        points = []
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                point = _unescape(line.split()[4])
+                if point == self.dir or point.startswith(self.dir + "/"):
+                    points.append(point)
+        return points
+
+    def _stray_mounts(self, live):
+        allowed = tuple(os.path.join(self.bundles, i) + "/" for i in live)
+        return [f"mount {p}" for p in self._mounts_under_dir()
+                if not (allowed and p.startswith(allowed))]
+
+    def _namespace_cgroup_dirs(self):
+        """/sys/fs/cgroup[/*]/<namespace> dirs (v1 controllers, unified, pure v2)."""
+        pattern_v2 = os.path.join(CGROUP_ROOT, self.namespace)
+        pattern_v1 = os.path.join(CGROUP_ROOT, "*", self.namespace)
+        return [d for d in glob.glob(pattern_v2) + glob.glob(pattern_v1) if os.path.isdir(d)]
+
+    def _stray_cgroups(self, live):
+        found = []
+        for ns_dir in self._namespace_cgroup_dirs():
+            for child in sorted(os.listdir(ns_dir)):
+                if os.path.isdir(os.path.join(ns_dir, child)) and child not in live:
+                    found.append(f"cgroup {os.path.join(ns_dir, child)}")
+        return found
+
+    def _shim_sockets(self):
+        """{socket path: task id} of shim sockets of ours that exist."""
+        found = {}
+        for task_id in self._task_ids:
+            key = f"{self.socket}/{self.namespace}/{task_id}".encode()
+            path = os.path.join(SHIM_SOCKET_DIR, hashlib.sha256(key).hexdigest())
+            if os.path.exists(path):
+                found[path] = task_id
+        return found
+
+    def _stray_sockets(self, live):
+        return [f"shim socket {path} (task {task_id})"
+                for path, task_id in sorted(self._shim_sockets().items()) if task_id not in live]
+
+    # ---- shutdown --------------------------------------------------------
+
+    def stop(self):
+        """Delete everything, stop containerd and remove all traces. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._running():
+            try:
+                self.delete_all()
+            except Exception as e:  # keep cleaning up whatever happens
+                print(f"harness: delete_all failed: {e}", file=sys.stderr)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._kill_strays()
+        # Killed shims can't remove their sockets.
+        for path in self._shim_sockets():
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        self._unmount_all()
+        self._remove_cgroups()
+        if self._mounts_under_dir():
+            # Never rm -rf through a mount: it could be a bind of a host dir.
+            print(f"harness: mounts remain, keeping {self.dir}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _kill_strays(self):
+        """SIGKILL processes of ours that outlived containerd (shims mostly)."""
+        for _ in range(50):
+            pids = self._our_processes(set())
+            if not pids:
+                return
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        print(f"harness: processes survive SIGKILL: {self._our_processes(set())}", file=sys.stderr)
+
+    def _unmount_all(self):
+        """Unmount everything under the temp dir, deepest (and newest) first."""
+        for _ in range(20):
+            points = self._mounts_under_dir()
+            if not points:
+                return
+            # Newest first handles stacked mounts; deepest first handles nesting.
+            order = sorted(enumerate(points), key=lambda ip: (ip[1].count("/"), ip[0]), reverse=True)
+            for _, point in order:
+                if subprocess.run(["umount", point], capture_output=True).returncode != 0:
+                    subprocess.run(["umount", "-l", point], capture_output=True)
+
+    def _remove_cgroups(self):
+        """rmdir the namespace's cgroup dirs, deepest first; busy ones stay."""
+        for ns_dir in self._namespace_cgroup_dirs():
+            for dirpath, _, _ in sorted(os.walk(ns_dir), key=lambda w: w[0].count("/"), reverse=True):
+                try:
+                    os.rmdir(dirpath)
+                except OSError as e:
+                    print(f"harness: cannot remove cgroup {dirpath}: {e}", file=sys.stderr)
+
+
+def _unescape(path):
+    """Decode the octal escapes (\\040 for space) used in /proc mountinfo."""
+    if "\\" not in path:
+        return path
+    out, i = [], 0
+    while i < len(path):
+        if path[i] == "\\" and path[i + 1:i + 4].isdigit():
+            out.append(chr(int(path[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(path[i])
+            i += 1
+    return "".join(out)

@@ -1,0 +1,156 @@
+"""End-to-end scenarios of wasm tasks through a real containerd and the shim."""
+
+import glob
+import hashlib
+import os
+import time
+
+import pytest
+
+from harness import RUNC_RUNTIME
+
+HELLO = "wasmlet.test/hello:latest"
+HELLO_NATIVE = "wasmlet.test/hello-native:latest"
+EXIT_CODE = "wasmlet.test/exit-code:latest"
+TRAP = "wasmlet.test/trap:latest"
+SLEEP = "wasmlet.test/sleep:latest"
+FILES = "wasmlet.test/files:latest"
+HOG = "wasmlet.test/memory-hog:latest"
+BUSYBOX = "wasmlet.test/busybox:latest"
+
+MIB = 1024 * 1024
+HELLO_WASM = os.path.join(os.path.dirname(__file__), "..", "..", "images", "workloads", "target",
+                          "wasm32-wasip1", "release", "hello.wasm")
+
+
+@pytest.fixture
+def clean(ctd):
+    """Each scenario must leave no task, container, process, mount or cgroup."""
+    yield ctd
+    ctd.delete_all()
+    assert ctd.containers() == []
+    assert ctd.leftovers() == []
+
+
+def test_hello_gets_args_and_env(clean):
+    res = clean.run(HELLO, "hello-args", "/hello.wasm", "a", "b c",
+                    env={"HELLO_NAME": "e2e", "HELLO_A": "1", "OTHER": "hidden"})
+    assert (res.returncode, res.stderr) == (0, "")
+    assert res.stdout == ("Hello from wasmlet!\nargs: a b c\n"
+                          "env: HELLO_A=1\nenv: HELLO_NAME=e2e\n")
+
+
+def test_image_entrypoint_is_used_without_args(clean):
+    res = clean.run(HELLO, "hello-plain")
+    assert (res.returncode, res.stdout) == (0, "Hello from wasmlet!\nargs: \n")
+
+
+def test_proc_exit_code_is_the_task_exit_code(clean):
+    res = clean.run(EXIT_CODE, "exit-42")
+    assert (res.returncode, res.stdout) == (42, "exiting with 42\n")
+
+
+def test_trap_exits_134_with_message_and_backtrace(clean):
+    res = clean.run(TRAP, "trap")
+    assert res.returncode == 134
+    assert res.stdout == "about to trap\n"
+    assert "unreachable" in res.stderr
+    assert "wasm backtrace" in res.stderr
+
+
+def test_custom_export_runs_instead_of_start(clean):
+    res = clean.run(HELLO, "hello-greet", "/hello.wasm#greet")
+    assert (res.returncode, res.stdout) == (0, "greet: called via #export\n")
+
+
+def test_mounts_read_only_read_write_and_nothing_outside(clean, tmp_path):
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    (ro / "input.txt").write_text("from the host\n")
+    res = clean.run(FILES, "files", mounts=[(ro, "/config", "rbind:ro"), (rw, "/data", "rbind:rw")])
+    lines = res.stdout.splitlines()
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert lines[0] == "read: from the host"
+    assert lines[1] == "wrote: /data/output.txt"
+    assert lines[2].startswith("denied: /config/denied.txt: ")
+    assert lines[3].startswith("denied: /../escape.txt: ")
+    assert (rw / "output.txt").read_text() == "written by wasm"
+    assert not (ro / "denied.txt").exists()
+    assert glob.glob(os.path.join(clean.dir, "**", "escape.txt"), recursive=True) == []
+
+
+def test_memory_limit_ends_the_task_not_the_node(clean):
+    res = clean.run(HOG, "hog-limited", memory_limit=64 * MIB)
+    assert res.returncode != 0
+    assert "allocated 16 MiB" in res.stdout
+    assert "allocated 128 MiB" not in res.stdout
+    # The same program within its limit, and the node, are fine.
+    res = clean.run(HOG, "hog-small", "/memory-hog.wasm", "16", memory_limit=128 * MIB)
+    assert (res.returncode, res.stdout.splitlines()[-1]) == (0, "done 16 MiB")
+
+
+@pytest.mark.parametrize("signal,code", [("SIGTERM", 143), ("SIGKILL", 137)])
+def test_signal_ends_a_running_module_within_a_second(clean, signal, code):
+    task = f"sleep-{signal.lower()}"
+    assert clean.run(SLEEP, task, detach=True).returncode == 0
+    assert clean.tasks()[task] == "RUNNING"
+    started = time.monotonic()
+    clean.task_kill(task, signal)
+    assert clean.task_wait(task, timeout=5) == "STOPPED"
+    assert time.monotonic() - started < 1.0
+    assert clean.task_delete(task) == code
+
+
+def test_metrics_of_a_running_task(clean):
+    assert clean.run(SLEEP, "sleep-metrics", detach=True).returncode == 0
+    res = clean.ctr("tasks", "metrics", "sleep-metrics")
+    assert "memory.usage_in_bytes" in res.stdout or "memory.usage" in res.stdout, res.stdout
+    assert clean.ctr("tasks", "ps", "sleep-metrics").stdout.count("\n") == 2
+
+
+@pytest.mark.parametrize("name,image,args,message", [
+    ("missing", HELLO, ["/nope.wasm"], "entrypoint /nope.wasm not found in the container rootfs"),
+    ("notwasm", "wasmlet.test/bad-notwasm:latest", [],
+     "entrypoint /app.wasm is neither a wasm module nor a native executable"),
+    ("native", HELLO_NATIVE, [], "entrypoint /hello is a native executable, not wasm"),
+    ("truncated", "wasmlet.test/bad-truncated:latest", [], "invalid wasm module /app.wasm"),
+    ("export", HELLO, ["/hello.wasm#nothere"], "export `nothere` not found in /hello.wasm"),
+    ("import", "wasmlet.test/bad-import:latest", [], "cannot satisfy the imports of /app.wasm"),
+])
+def test_bad_input_gets_a_clear_error(clean, name, image, args, message):
+    res = clean.run(image, f"bad-{name}", *args)
+    assert res.returncode != 0
+    assert message in res.stderr, res.stderr
+    assert message in clean.log_tail(200), "the shim log names the problem too"
+
+
+def test_unsatisfiable_import_is_named(clean):
+    res = clean.run("wasmlet.test/bad-import:latest", "bad-import-name")
+    assert "env::missing_function" in res.stderr, res.stderr
+
+
+def test_runc_task_runs_beside_wasm_tasks(clean):
+    assert clean.run(SLEEP, "side-wasm-sleep", detach=True).returncode == 0
+    native = clean.run(BUSYBOX, "side-runc", "/bin/echo", "from runc", runtime=RUNC_RUNTIME)
+    assert (native.returncode, native.stdout) == (0, "from runc\n")
+    hello_native = clean.run(HELLO_NATIVE, "side-native", "/hello", "x", runtime=RUNC_RUNTIME)
+    wasm = clean.run(HELLO, "side-wasm", "/hello.wasm", "x")
+    assert hello_native.stdout == wasm.stdout == "Hello from wasmlet!\nargs: x\n"
+    assert clean.tasks()["side-wasm-sleep"] == "RUNNING"
+
+
+def test_second_start_compiles_nothing_and_corrupt_cache_is_rebuilt(clean):
+    with open(HELLO_WASM, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    assert clean.run(HELLO, "cache-1").returncode == 0
+    [entry] = glob.glob(os.path.join(clean.cache_dir, "*", f"{digest}.cwasm"))
+    size = os.path.getsize(entry)
+    assert clean.run(HELLO, "cache-2").returncode == 0
+    assert "compiled code for /hello.wasm: cache Hit task=cache-2" in clean.log_tail(50)
+    with open(entry, "r+b") as f:
+        f.truncate(size // 2)
+    res = clean.run(HELLO, "cache-3")
+    assert (res.returncode, res.stdout.splitlines()[0]) == (0, "Hello from wasmlet!")
+    assert "compiled code for /hello.wasm: cache Rebuilt task=cache-3" in clean.log_tail(50)
+    assert os.path.getsize(entry) == size
