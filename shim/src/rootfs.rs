@@ -5,9 +5,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use containerd_shim::protos::types::mount::Mount;
+use oci_spec::runtime::Spec;
 use tracing::warn;
 
-pub fn mount(bundle: &Path, mounts: &[Mount]) -> Result<PathBuf> {
+/// Where the container's `/` is on the host: the spec's root path, relative
+/// to the bundle unless absolute (containerd uses `BUNDLE/rootfs`).
+pub fn path_of(spec: &Spec, bundle: &Path) -> PathBuf {
+    let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
+    bundle.join(root)
+}
+
+/// Mounts containerd's rootfs mounts at `BUNDLE/rootfs`.
+pub fn mount(bundle: &Path, mounts: &[Mount]) -> Result<()> {
     let target = bundle.join("rootfs");
     for m in mounts {
         let fs_type = Some(m.type_.as_str()).filter(|t| !t.is_empty());
@@ -15,7 +24,7 @@ pub fn mount(bundle: &Path, mounts: &[Mount]) -> Result<PathBuf> {
         containerd_shim::mount::mount_rootfs(fs_type, source, &m.options, &target)
             .with_context(|| format!("mount the container rootfs ({} {}) at {}", m.type_, m.source, target.display()))?;
     }
-    Ok(target)
+    Ok(())
 }
 
 /// Unmounts everything at and below `target`; errors are logged, not fatal,

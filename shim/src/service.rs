@@ -103,10 +103,10 @@ impl Service {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = Spec::load(bundle.join("config.json")).context("read the OCI spec")?;
-        let rootfs = rootfs::mount(&bundle, &req.rootfs)?;
-        let result = self.launch_in(&bundle, &rootfs, &spec, req);
+        rootfs::mount(&bundle, &req.rootfs)?;
+        let result = self.launch_in(&bundle, &rootfs::path_of(&spec, &bundle), &spec, req);
         if result.is_err() {
-            rootfs::unmount(&rootfs);
+            rootfs::unmount(&bundle.join("rootfs"));
         }
         result
     }

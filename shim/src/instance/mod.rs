@@ -9,7 +9,7 @@ mod privileges;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::Spec;
@@ -17,7 +17,7 @@ use oci_spec::runtime::Spec;
 use crate::cache::Cache;
 use crate::engine::{self, Guest, Prepared};
 use crate::handshake::{START_FD, STATUS_FD};
-use crate::{cgroup, workload};
+use crate::{cgroup, rootfs, workload};
 
 pub fn main(args: &[String]) -> ! {
     // Safety: the shim hands these descriptors over and nothing else owns them.
@@ -61,7 +61,7 @@ fn setup(args: &[String], status: &mut File) -> Result<Prepared> {
     }
     isolation::enter_namespaces(&spec)?;
 
-    let rootfs = rootfs_of(&spec, bundle);
+    let rootfs = rootfs::path_of(&spec, bundle);
     let entry = workload::WasmEntry { path: module_path.into(), export: export.clone() };
     let wasm = workload::read_module(&rootfs, &entry).with_context(|| format!("read {module_path}"))?;
     let engine = engine::new_engine()?;
@@ -83,9 +83,4 @@ fn setup(args: &[String], status: &mut File) -> Result<Prepared> {
     let prepared = engine::prepare(&engine, &module, &entry.path, export, &guest)?;
     privileges::drop_all(process.user())?;
     Ok(prepared)
-}
-
-fn rootfs_of(spec: &Spec, bundle: &Path) -> PathBuf {
-    let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
-    bundle.join(root)
 }
