@@ -4,6 +4,9 @@
 set -euo pipefail
 
 PYTEST_VERSION=8.4.2
+# containerd's gRPC API for tests/e2e/containerd_api.py. The stubs were
+# generated in 2021 by a protoc that protobuf 4+ refuses, hence protobuf 3.
+GRPC_PACKAGES=(grpcio==1.85.3 protobuf==3.20.3 containerd==1.5.3)
 APT_PACKAGES=(containerd runc protobuf-compiler busybox-static)
 WASM_TARGETS=(wasm32-wasip1 wasm32-wasip2)
 
@@ -55,4 +58,9 @@ fi
 if ! python3 -c 'import pytest' >/dev/null 2>&1; then
     echo "deps: installing pytest==$PYTEST_VERSION"
     quiet python3 -m pip install --root-user-action=ignore "pytest==$PYTEST_VERSION"
+fi
+
+if ! python3 -c 'import grpc, containerd.services.tasks.v1.tasks_pb2' >/dev/null 2>&1; then
+    echo "deps: installing ${GRPC_PACKAGES[*]}"
+    quiet python3 -m pip install --root-user-action=ignore "${GRPC_PACKAGES[@]}"
 fi
