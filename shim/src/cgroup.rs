@@ -25,8 +25,10 @@ pub fn path_of(spec: &Spec) -> Result<Option<String>> {
 
 /// Creates the cgroup with the spec's limits and moves `pid` into it.
 pub fn create_and_join(path: &str, resources: Option<&LinuxResources>, pid: u32) -> Result<()> {
-    let cgroup = Cgroup::new(hierarchies::auto(), path).with_context(|| format!("create cgroup {path}"))?;
-    let limits = resources.map(to_limits).unwrap_or_default();
+    let hierarchy = hierarchies::auto();
+    let v2 = hierarchy.v2();
+    let cgroup = Cgroup::new(hierarchy, path).with_context(|| format!("create cgroup {path}"))?;
+    let limits = resources.map(|r| to_limits(r, v2)).unwrap_or_default();
     cgroup.apply(&limits).with_context(|| format!("set limits on cgroup {path}"))?;
     cgroup
         .add_task_by_tgid(CgroupPid::from(pid as u64))
@@ -106,12 +108,16 @@ fn stat_field(stat: &str, name: &str) -> u64 {
 }
 
 /// Maps the spec's memory, cpu and pids limits onto cgroups-rs resources.
-fn to_limits(spec: &LinuxResources) -> Resources {
+fn to_limits(spec: &LinuxResources, v2: bool) -> Resources {
     let mut res = Resources::default();
     if let Some(mem) = spec.memory() {
         res.memory.memory_hard_limit = mem.limit();
         res.memory.memory_soft_limit = mem.reservation();
-        res.memory.memory_swap_limit = mem.swap();
+        res.memory.memory_swap_limit = match (mem.swap(), mem.limit()) {
+            // OCI swap is memory plus swap; cgroup v2's swap.max is swap alone.
+            (Some(swap), Some(limit)) if v2 && swap > 0 && limit > 0 => Some((swap - limit).max(0)),
+            (swap, _) => swap,
+        };
     }
     if let Some(cpu) = spec.cpu() {
         res.cpu.shares = cpu.shares();
@@ -121,7 +127,9 @@ fn to_limits(spec: &LinuxResources) -> Resources {
         res.cpu.mems = cpu.mems().clone();
     }
     if let Some(pids) = spec.pids() {
-        res.pid.maximum_number_of_processes = Some(MaxValue::Value(pids.limit()));
+        // OCI: zero or less means no limit.
+        let max = if pids.limit() > 0 { MaxValue::Value(pids.limit()) } else { MaxValue::Max };
+        res.pid.maximum_number_of_processes = Some(max);
     }
     res
 }
@@ -155,8 +163,18 @@ mod tests {
         let mem = LinuxMemoryBuilder::default().limit(64 << 20).build().unwrap();
         let res = LinuxResourcesBuilder::default().memory(mem).build().unwrap();
         assert_eq!(memory_limit(Some(&res)), Some(64 << 20));
-        assert_eq!(to_limits(&res).memory.memory_hard_limit, Some(64 << 20));
+        assert_eq!(to_limits(&res, false).memory.memory_hard_limit, Some(64 << 20));
         assert_eq!(memory_limit(None), None);
+    }
+
+    #[test]
+    fn swap_is_converted_for_v2_and_unlimited_pids_is_max() {
+        let mem = LinuxMemoryBuilder::default().limit(64 << 20).swap(96 << 20).build().unwrap();
+        let pids = oci_spec::runtime::LinuxPidsBuilder::default().limit(-1).build().unwrap();
+        let res = LinuxResourcesBuilder::default().memory(mem).pids(pids).build().unwrap();
+        assert_eq!(to_limits(&res, true).memory.memory_swap_limit, Some(32 << 20));
+        assert_eq!(to_limits(&res, false).memory.memory_swap_limit, Some(96 << 20));
+        assert_eq!(to_limits(&res, false).pid.maximum_number_of_processes, Some(MaxValue::Max));
     }
 
     #[test]

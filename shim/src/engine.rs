@@ -1,6 +1,7 @@
 //! wasmtime: the engine, loading a module through the node cache, and running
 //! one export with WASI preview 1, mapping the outcome to an exit code.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
@@ -29,6 +30,8 @@ struct State {
 /// An instantiated module with its entry export, ready to run.
 pub struct Prepared {
     store: Store<State>,
+    /// A reactor's `_initialize`, run just before a non-`_start` export.
+    init: Option<TypedFunc<(), ()>>,
     entry: TypedFunc<(), ()>,
 }
 
@@ -65,7 +68,8 @@ pub fn prepare(engine: &Engine, module: &Module, name: &Path, export: &str, gues
         .map_err(anyhow::Error::from)
         .context("preopen / for the guest")?;
     if guest.cwd != "/" && !guest.env.iter().any(|kv| kv.starts_with("PWD=")) {
-        // WASI has no working directory; wasi-libc guests read it from PWD.
+        // WASI preview 1 has no working directory: the spec's is passed as
+        // PWD for guests that look; wasi-libc itself starts at `/`.
         builder.env("PWD", guest.cwd);
     }
     let mut limits = StoreLimitsBuilder::new();
@@ -80,25 +84,30 @@ pub fn prepare(engine: &Engine, module: &Module, name: &Path, export: &str, gues
     let instance = linker
         .instantiate(&mut store, module)
         .map_err(|e| anyhow!("cannot satisfy the imports of {}: {e:#}", name.display()))?;
-    if export != "_start" {
-        // A reactor initialises itself before any other export is called.
-        if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, "_initialize") {
-            init.call(&mut store, ()).map_err(|e| anyhow!("_initialize of {} failed: {e:?}", name.display()))?;
-        }
-    }
+    // A reactor initialises itself before any other export is called; that
+    // is guest code, so it runs in `run`, after privileges are dropped.
+    let init = match export {
+        "_start" => None,
+        _ => instance.get_typed_func::<(), ()>(&mut store, "_initialize").ok(),
+    };
     let func = instance
         .get_func(&mut store, export)
         .ok_or_else(|| anyhow!("export `{export}` not found in {}", name.display()))?;
     let entry = func
         .typed::<(), ()>(&store)
         .map_err(|_| anyhow!("export `{export}` of {} must take no parameters and return nothing", name.display()))?;
-    Ok(Prepared { store, entry })
+    Ok(Prepared { store, init, entry })
 }
 
 /// Runs the entry export; returns the process exit code. A trap prints its
 /// message and wasm backtrace on stderr.
 pub fn run(mut prepared: Prepared) -> i32 {
-    match prepared.entry.call(&mut prepared.store, ()) {
+    let store = &mut prepared.store;
+    let result = match prepared.init {
+        Some(init) => init.call(&mut *store, ()).and_then(|()| prepared.entry.call(&mut *store, ())),
+        None => prepared.entry.call(&mut *store, ()),
+    };
+    match result {
         Ok(()) => 0,
         Err(err) => exit_code_of(&err),
     }
@@ -108,7 +117,8 @@ fn exit_code_of(err: &wasmtime::Error) -> i32 {
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
         return exit.0;
     }
-    eprintln!("Error: {err:?}");
+    // Not eprintln!: a closed stderr must not turn a trap into a panic.
+    let _ = writeln!(std::io::stderr(), "Error: {err:?}");
     if err.downcast_ref::<wasmtime::Trap>().is_some() { TRAP_EXIT_CODE } else { 1 }
 }
 

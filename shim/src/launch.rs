@@ -105,12 +105,16 @@ fn open_fifo(path: &str, write: bool) -> Result<Stdio> {
     if path.is_empty() {
         return Ok(Stdio::null());
     }
+    // Output FIFOs are opened read-write: the guest then holds a reader too,
+    // so a client that detaches (`ctr run -d`) leaves the guest's writes
+    // buffered instead of failing with EPIPE, as with runc tasks. Stdin is
+    // opened without blocking, as containerd may not have a writer yet.
     let mut options = OpenOptions::new();
+    options.read(true);
     if write {
         options.write(true);
     } else {
-        // containerd may not have a writer on stdin yet: do not block on it.
-        options.read(true).custom_flags(libc::O_NONBLOCK);
+        options.custom_flags(libc::O_NONBLOCK);
     }
     let file = options.open(path).with_context(|| format!("open stdio {path}"))?;
     if !write {

@@ -1,7 +1,7 @@
 //! The containerd Task API (shim v2 over ttrpc) for the wasm tasks of one
 //! shim: requests in, instance processes out, events back to containerd.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,8 +35,21 @@ pub struct Service {
 struct Tasks {
     by_id: HashMap<String, Arc<Task>>,
     /// Exits of pids not (yet) registered: a fast guest can exit before its
-    /// task is recorded, and a failed setup leaves a pid nobody claims.
+    /// task is recorded.
     unclaimed: HashMap<u32, Exit>,
+    /// Pids of instances whose setup failed: their exits are dropped.
+    discarded: HashSet<u32>,
+    /// Creates in flight, so that Shutdown never ends a shim about to get a task.
+    creating: usize,
+}
+
+impl Tasks {
+    /// Forgets a failed instance, whether or not its exit has arrived yet.
+    fn discard(&mut self, pid: u32) {
+        if self.unclaimed.remove(&pid).is_none() {
+            self.discarded.insert(pid);
+        }
+    }
 }
 
 type TtrpcResult<T> = ttrpc::Result<T>;
@@ -68,7 +81,9 @@ impl Service {
                 let exit = Exit { code: event.exit_code as u32, at: timestamp().unwrap_or_default() };
                 let mut tasks = state.lock().unwrap();
                 let Some(task) = tasks.by_id.values().find(|t| t.pid == pid as u32).cloned() else {
-                    tasks.unclaimed.insert(pid as u32, exit);
+                    if !tasks.discarded.remove(&(pid as u32)) {
+                        tasks.unclaimed.insert(pid as u32, exit);
+                    }
                     continue;
                 };
                 drop(tasks);
@@ -103,6 +118,9 @@ impl Service {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = Spec::load(bundle.join("config.json")).context("read the OCI spec")?;
+        if self.task(&req.id).is_ok() {
+            anyhow::bail!("task {} already exists", req.id);
+        }
         rootfs::mount(&bundle, &req.rootfs)?;
         let result = self.launch_in(&bundle, &rootfs::path_of(&spec, &bundle), &spec, req);
         if result.is_err() {
@@ -128,6 +146,7 @@ impl Service {
             Err((pid, err)) => {
                 if let Some(pid) = pid {
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    self.state.lock().unwrap().discard(pid);
                 }
                 if let Some(path) = &cgroup_path {
                     remove_cgroup_when_empty(path);
@@ -182,7 +201,10 @@ fn publish(publisher: &RemotePublisher, namespace: &str, topic: &str, event: Box
 impl TaskApi for Service {
     fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
         info!(task = %req.id, bundle = %req.bundle, "create");
-        let task = self.create_task(&req).map_err(|err| {
+        self.state.lock().unwrap().creating += 1;
+        let created = self.create_task(&req);
+        self.state.lock().unwrap().creating -= 1;
+        let task = created.map_err(|err| {
             warn!(task = %req.id, "create failed: {err:#}");
             rpc_error(Code::FAILED_PRECONDITION, format!("wasmlet: {err:#}"))
         })?;
@@ -218,6 +240,9 @@ impl TaskApi for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        if !req.exec_id.is_empty() {
+            return Err(unsupported("exec"));
+        }
         let task = self.task(&req.id)?;
         if task.is_stopped() {
             return Err(rpc_error(Code::NOT_FOUND, format!("process {} already finished", task.pid)));
@@ -300,7 +325,8 @@ impl TaskApi for Service {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
-        if self.state.lock().unwrap().by_id.is_empty() {
+        let tasks = self.state.lock().unwrap();
+        if tasks.by_id.is_empty() && tasks.creating == 0 {
             info!("last task gone: shim exits");
             self.shutdown.signal();
         }

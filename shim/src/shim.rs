@@ -72,9 +72,16 @@ fn init_logging(debug: bool) {
     let default = if debug { "debug" } else { "info" };
     let filter = EnvFilter::try_from_env("WASMLET_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    // Opened without blocking so a missing reader cannot hang the shim,
+    // then switched to blocking so no log line is dropped.
     let fifo = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(Path::new("log"));
     let _ = match fifo {
-        Ok(file) => builder.with_writer(std::sync::Mutex::new(file)).try_init(),
+        Ok(file) => {
+            let flags = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL).unwrap_or(0);
+            let flags = nix::fcntl::OFlag::from_bits_truncate(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+            let _ = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags));
+            builder.with_writer(std::sync::Mutex::new(file)).try_init()
+        }
         Err(_) => builder.with_writer(std::io::stderr).try_init(),
     };
 }

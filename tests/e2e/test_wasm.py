@@ -154,3 +154,11 @@ def test_second_start_compiles_nothing_and_corrupt_cache_is_rebuilt(clean):
     assert (res.returncode, res.stdout.splitlines()[0]) == (0, "Hello from wasmlet!")
     assert "compiled code for /hello.wasm: cache Rebuilt task=cache-3" in clean.log_tail(50)
     assert os.path.getsize(entry) == size
+
+
+def test_detached_task_can_write_after_its_client_leaves(clean):
+    # It prints "done" a second after `ctr run -d` has gone away: that
+    # write must not fail the guest.
+    assert clean.run(SLEEP, "detached-write", "/sleep.wasm", "1", detach=True).returncode == 0
+    assert clean.task_wait("detached-write", timeout=10) == "STOPPED"
+    assert clean.task_delete("detached-write") == 0

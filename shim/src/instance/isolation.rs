@@ -35,9 +35,34 @@ pub fn enter_namespaces(spec: &Spec) -> Result<()> {
         bail!("user namespaces are not supported for wasm containers");
     }
     unshare(fresh).context("create the container's namespaces")?;
+    if fresh.contains(CloneFlags::CLONE_NEWNET) {
+        // As runc does: a new network namespace gets its loopback up.
+        loopback_up().context("bring up lo in the new network namespace")?;
+    }
     if fresh.contains(CloneFlags::CLONE_NEWUTS) {
         if let Some(name) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
             sethostname(name).with_context(|| format!("set hostname {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn loopback_up() -> Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    // Safety: ifreq is plain data; the ioctls read and write only within it.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error().into());
         }
     }
     Ok(())

@@ -68,6 +68,7 @@ fn setup(args: &[String], status: &mut File) -> Result<Prepared> {
     let (module, outcome) = engine::load(&engine, &Cache::from_env(), &wasm, &entry.path)?;
     let _ = writeln!(status, "log compiled code for {module_path}: cache {outcome:?}");
 
+    privileges::ensure_single_thread()?;
     isolation::enter_rootfs(&spec, &rootfs)?;
     let args = process.args().clone().unwrap_or_default();
     let mut argv = args.clone();

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use caps::CapSet;
 use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 use oci_spec::runtime::User;
@@ -20,6 +20,17 @@ pub fn drop_all(user: &User) -> Result<()> {
     }
     nix::sys::prctl::set_no_new_privs().context("set no_new_privs")?;
     seccompiler::apply_filter_all_threads(&allowlist()?).context("install the seccomp filter")?;
+    Ok(())
+}
+
+/// Capabilities are per thread, so a thread started before `drop_all` would
+/// keep them. Checked while /proc is still reachable (before pivot_root);
+/// nothing between here and `drop_all` starts a thread.
+pub fn ensure_single_thread() -> Result<()> {
+    let threads = std::fs::read_dir("/proc/self/task").context("list /proc/self/task")?.count();
+    if threads != 1 {
+        bail!("the instance has {threads} threads before dropping privileges; it must have one");
+    }
     Ok(())
 }
 
