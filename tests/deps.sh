@@ -57,10 +57,10 @@ fi
 
 if ! python3 -c 'import pytest' >/dev/null 2>&1; then
     echo "deps: installing pytest==$PYTEST_VERSION"
-    quiet PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore "pytest==$PYTEST_VERSION"
+    quiet env PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore "pytest==$PYTEST_VERSION"
 fi
 
 if ! python3 -c 'import grpc, containerd.services.tasks.v1.tasks_pb2' >/dev/null 2>&1; then
     echo "deps: installing ${GRPC_PACKAGES[*]}"
-    quiet PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore "${GRPC_PACKAGES[@]}"
+    quiet env PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore "${GRPC_PACKAGES[@]}"
 fi
