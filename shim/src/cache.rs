@@ -101,7 +101,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let engine = Engine::default();
-        let wasm = WAT.as_bytes().to_vec();
+        let wasm = wat::parse_str(WAT).unwrap();
         let (path, first) = cache.artifact(&engine, &wasm, || compile(&engine, &wasm)).unwrap();
         assert_eq!(first, Outcome::Miss);
         let (again, second) = cache.artifact(&engine, &wasm, || panic!("compiled twice")).unwrap();
@@ -114,7 +114,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
         let engine = Engine::default();
-        let wasm = WAT.as_bytes().to_vec();
+        let wasm = wat::parse_str(WAT).unwrap();
         let (path, _) = cache.artifact(&engine, &wasm, || compile(&engine, &wasm)).unwrap();
         let good = fs::read(&path).unwrap();
 
@@ -135,7 +135,7 @@ mod tests {
     fn other_engine_settings_use_other_entries() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path());
-        let wasm = WAT.as_bytes().to_vec();
+        let wasm = wat::parse_str(WAT).unwrap();
         let plain = Engine::default();
         let mut config = wasmtime::Config::new();
         config.cranelift_opt_level(wasmtime::OptLevel::None);

@@ -7,7 +7,9 @@ use cgroups_rs::fs::{hierarchies, Cgroup, MaxValue, Resources};
 use cgroups_rs::CgroupPid;
 use containerd_shim::protos::cgroups::metrics as v1;
 use containerd_shim::protos::cgroups_v2::metrics as v2;
-use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+
+use crate::events::pack;
 use oci_spec::runtime::{LinuxResources, Spec};
 
 /// The cgroup path of the spec, relative to the hierarchy root.
@@ -46,7 +48,7 @@ pub fn remove(path: &str) -> Result<()> {
 
 /// The cpu, memory and pids metrics of the cgroup, in the format containerd
 /// expects for the node's cgroup version.
-pub fn metrics(path: &str) -> Result<Box<dyn MessageDyn>> {
+pub fn metrics(path: &str) -> Result<Any> {
     let hierarchy = hierarchies::auto();
     let is_v2 = hierarchy.v2();
     let cgroup = Cgroup::load(hierarchy, path);
@@ -76,7 +78,7 @@ pub fn metrics(path: &str) -> Result<Box<dyn MessageDyn>> {
         }
         m.mut_pids().current = pids_current;
         m.mut_pids().limit = pids_limit;
-        return Ok(Box::new(m));
+        return pack("io.containerd.cgroups.v2.Metrics", &m);
     }
     let mut m = v1::Metrics::new();
     if let Some(mem) = memory {
@@ -96,7 +98,7 @@ pub fn metrics(path: &str) -> Result<Box<dyn MessageDyn>> {
     }
     m.mut_pids().current = pids_current;
     m.mut_pids().limit = pids_limit;
-    Ok(Box::new(m))
+    pack("io.containerd.cgroups.v1.Metrics", &m)
 }
 
 fn stat_field(stat: &str, name: &str) -> u64 {

@@ -102,6 +102,17 @@ pub fn prepare(engine: &Engine, module: &Module, name: &Path, export: &str, gues
 /// Runs the entry export; returns the process exit code. A trap prints its
 /// message and wasm backtrace on stderr.
 pub fn run(mut prepared: Prepared) -> i32 {
+    // WASI's blocking calls (poll_oneoff, sockets) are driven by tokio. Left
+    // alone, wasmtime-wasi starts a runtime with a worker per core; one
+    // worker is plenty for one guest and keeps an idle instance small.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "Error: start the I/O runtime: {err}");
+            return 1;
+        }
+    };
+    let _context = runtime.enter();
     let store = &mut prepared.store;
     let result = match prepared.init {
         Some(init) => init.call(&mut *store, ()).and_then(|()| prepared.entry.call(&mut *store, ())),
@@ -133,7 +144,7 @@ mod tests {
 
     fn run_wat(wat: &str, export: &str, memory_limit: Option<u64>) -> Result<i32> {
         let engine = new_engine()?;
-        let module = Module::new(&engine, wat)?;
+        let module = Module::new(&engine, wat::parse_str(wat)?)?;
         let guest = Guest { args: &["m".into()], env: &[], cwd: "/", memory_limit };
         Ok(run(prepare(&engine, &module, Path::new("/m.wasm"), export, &guest)?))
     }

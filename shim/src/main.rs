@@ -4,6 +4,7 @@
 mod cache;
 mod cgroup;
 mod engine;
+mod events;
 mod handshake;
 mod instance;
 mod launch;

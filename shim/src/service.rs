@@ -9,24 +9,22 @@ use std::time::Duration;
 use containerd_shim::api::*;
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
 use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
-use containerd_shim::protos::protobuf::{MessageDyn, MessageField};
-use containerd_shim::protos::topics::*;
-use containerd_shim::protos::ttrpc::{self, context::Context, Code, TtrpcContext};
-use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::util::{convert_to_any, timestamp};
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
+use containerd_shim::util::timestamp;
 use containerd_shim::{ExitSignal, Task as TaskApi};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 use tracing::{info, warn};
 
+use crate::events::Publisher;
 use crate::launch::{self, IoPaths};
 use crate::task::{Exit, Task};
 use crate::{cgroup, rootfs, workload};
 
 pub struct Service {
-    namespace: String,
-    publisher: Arc<RemotePublisher>,
+    publisher: Arc<Publisher>,
     state: Arc<Mutex<Tasks>>,
     shutdown: Arc<ExitSignal>,
 }
@@ -63,8 +61,8 @@ fn unsupported(operation: &str) -> ttrpc::Error {
 }
 
 impl Service {
-    pub fn new(namespace: String, publisher: RemotePublisher, shutdown: Arc<ExitSignal>) -> Self {
-        let service = Service { namespace, publisher: Arc::new(publisher), state: Arc::default(), shutdown };
+    pub fn new(publisher: Publisher, shutdown: Arc<ExitSignal>) -> Self {
+        let service = Service { publisher: Arc::new(publisher), state: Arc::default(), shutdown };
         service.watch_exits();
         service
     }
@@ -74,7 +72,6 @@ impl Service {
         let subscription = monitor_subscribe(Topic::Pid).expect("subscribe to process exits");
         let state = self.state.clone();
         let publisher = self.publisher.clone();
-        let namespace = self.namespace.clone();
         std::thread::spawn(move || {
             for event in subscription.rx.iter() {
                 let Subject::Pid(pid) = event.subject else { continue };
@@ -97,17 +94,13 @@ impl Service {
                     exited_at: MessageField::some(exit.at),
                     ..Default::default()
                 };
-                publish(&publisher, &namespace, TASK_EXIT_EVENT_TOPIC, Box::new(event));
+                publisher.publish(event);
             }
         });
     }
 
     fn task(&self, id: &str) -> TtrpcResult<Arc<Task>> {
         self.state.lock().unwrap().by_id.get(id).cloned().ok_or_else(|| rpc_error(Code::NOT_FOUND, format!("task {id} not found")))
-    }
-
-    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
-        publish(&self.publisher, &self.namespace, topic, event);
     }
 
     /// Everything Create does; on error, everything it made is undone.
@@ -192,12 +185,6 @@ fn remove_cgroup_when_empty(path: &str) {
     }
 }
 
-fn publish(publisher: &RemotePublisher, namespace: &str, topic: &str, event: Box<dyn MessageDyn>) {
-    if let Err(err) = publisher.publish(Context::default(), topic, namespace, event) {
-        warn!(topic, "publish event: {err}");
-    }
-}
-
 impl TaskApi for Service {
     fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
         info!(task = %req.id, bundle = %req.bundle, "create");
@@ -208,9 +195,7 @@ impl TaskApi for Service {
             warn!(task = %req.id, "create failed: {err:#}");
             rpc_error(Code::FAILED_PRECONDITION, format!("wasmlet: {err:#}"))
         })?;
-        self.publish(
-            TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
+        self.publisher.publish(TaskCreate {
                 container_id: task.id.clone(),
                 bundle: req.bundle.clone(),
                 rootfs: req.rootfs.clone(),
@@ -223,8 +208,7 @@ impl TaskApi for Service {
                 }),
                 pid: task.pid,
                 ..Default::default()
-            }),
-        );
+        });
         Ok(CreateTaskResponse { pid: task.pid, ..Default::default() })
     }
 
@@ -235,7 +219,7 @@ impl TaskApi for Service {
         let task = self.task(&req.id)?;
         task.start().map_err(|e| rpc_error(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
         info!(task = %task.id, pid = task.pid, "started");
-        self.publish(TASK_START_EVENT_TOPIC, Box::new(TaskStart { container_id: task.id.clone(), pid: task.pid, ..Default::default() }));
+        self.publisher.publish(TaskStart { container_id: task.id.clone(), pid: task.pid, ..Default::default() });
         Ok(StartResponse { pid: task.pid, ..Default::default() })
     }
 
@@ -262,16 +246,13 @@ impl TaskApi for Service {
         self.remove_task(&task);
         let exit = task.wait(Some(Duration::ZERO)).unwrap_or(Exit { code: 137, at: timestamp().unwrap_or_default() });
         info!(task = %task.id, code = exit.code, "deleted");
-        self.publish(
-            TASK_DELETE_EVENT_TOPIC,
-            Box::new(TaskDelete {
-                container_id: task.id.clone(),
-                pid: task.pid,
-                exit_status: exit.code,
-                exited_at: MessageField::some(exit.at.clone()),
-                ..Default::default()
-            }),
-        );
+        self.publisher.publish(TaskDelete {
+            container_id: task.id.clone(),
+            pid: task.pid,
+            exit_status: exit.code,
+            exited_at: MessageField::some(exit.at.clone()),
+            ..Default::default()
+        });
         Ok(DeleteResponse { pid: task.pid, exit_status: exit.code, exited_at: MessageField::some(exit.at), ..Default::default() })
     }
 
@@ -307,8 +288,7 @@ impl TaskApi for Service {
     fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
         let task = self.task(&req.id)?;
         let path = task.cgroup.as_deref().ok_or_else(|| rpc_error(Code::NOT_FOUND, format!("task {} has no cgroup", task.id)))?;
-        let metrics = cgroup::metrics(path).map_err(|e| rpc_error(Code::INTERNAL, format!("{e:#}")))?;
-        let any = convert_to_any(metrics).map_err(|e| rpc_error(Code::INTERNAL, e))?;
+        let any = cgroup::metrics(path).map_err(|e| rpc_error(Code::INTERNAL, format!("{e:#}")))?;
         Ok(StatsResponse { stats: MessageField::some(any), ..Default::default() })
     }
 

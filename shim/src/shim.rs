@@ -14,6 +14,7 @@ use containerd_shim::{spawn, Config, ExitSignal, Flags, StartOpts};
 use oci_spec::runtime::Spec;
 use tracing_subscriber::EnvFilter;
 
+use crate::events::Publisher;
 use crate::service::Service;
 use crate::{cgroup, rootfs};
 
@@ -22,6 +23,8 @@ const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
 pub struct WasmletShim {
     namespace: String,
+    /// The daemon's socket (`unix://PATH`), removed when the daemon ends.
+    socket: String,
     exit: Arc<ExitSignal>,
 }
 
@@ -33,7 +36,7 @@ impl containerd_shim::Shim for WasmletShim {
         if args.action.is_empty() {
             init_logging(args.debug);
         }
-        WasmletShim { namespace: args.namespace.clone(), exit: Arc::default() }
+        WasmletShim { namespace: args.namespace.clone(), socket: args.socket.clone(), exit: Arc::default() }
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
@@ -59,10 +62,18 @@ impl containerd_shim::Shim for WasmletShim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // The crate removes the socket through the bundle's `address` file,
+        // which containerd may already have deleted with the bundle.
+        let path = self.socket.trim_start_matches("unix://");
+        if let Err(err) = std::fs::remove_file(path) {
+            tracing::warn!("remove shim socket {path}: {err}");
+        }
     }
 
-    fn create_task_service(&self, publisher: RemotePublisher) -> Service {
-        Service::new(self.namespace.clone(), publisher, self.exit.clone())
+    fn create_task_service(&self, _publisher: RemotePublisher) -> Service {
+        // Our own publisher packs events without protobuf reflection.
+        let publisher = Publisher::connect(&self.namespace).expect("connect to containerd's ttrpc address");
+        Service::new(publisher, self.exit.clone())
     }
 }
 
