@@ -37,6 +37,26 @@ pub fn create_and_join(path: &str, resources: Option<&LinuxResources>, pid: u32)
         .with_context(|| format!("join cgroup {path}"))
 }
 
+/// SIGKILLs every process in the cgroup: what a dead shim's instance leaves.
+pub fn kill_all(path: &str) {
+    let cgroup = Cgroup::load(hierarchies::auto(), path);
+    for pid in cgroup.procs() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// Removes the cgroup, retrying for a second: the kernel refuses rmdir for a
+/// moment after the last process has been reaped.
+pub fn remove_when_empty(path: &str) -> Result<()> {
+    for _ in 0..50 {
+        if remove(path).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    remove(path)
+}
+
 /// Removes the cgroup; a cgroup that is already gone is fine.
 pub fn remove(path: &str) -> Result<()> {
     let cgroup = Cgroup::load(hierarchies::auto(), path);

@@ -172,15 +172,8 @@ impl Service {
     }
 }
 
-/// cgroup v1 refuses rmdir for a moment after the last process is reaped.
 fn remove_cgroup_when_empty(path: &str) {
-    for _ in 0..50 {
-        if cgroup::remove(path).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if let Err(err) = cgroup::remove(path) {
+    if let Err(err) = cgroup::remove_when_empty(path) {
         warn!("{err:#}");
     }
 }

@@ -10,7 +10,7 @@ use containerd_shim::api::DeleteResponse;
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::{timestamp, write_address};
-use containerd_shim::{spawn, Config, ExitSignal, Flags, StartOpts};
+use containerd_shim::{socket_address, spawn, Config, ExitSignal, Flags, StartOpts};
 use oci_spec::runtime::Spec;
 use tracing_subscriber::EnvFilter;
 
@@ -23,6 +23,9 @@ const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
 pub struct WasmletShim {
     namespace: String,
+    /// containerd's address and the task id, which name the daemon's socket.
+    address: String,
+    id: String,
     /// The daemon's socket (`unix://PATH`), removed when the daemon ends.
     socket: String,
     exit: Arc<ExitSignal>,
@@ -36,14 +39,17 @@ impl containerd_shim::Shim for WasmletShim {
         if args.action.is_empty() {
             init_logging(args.debug);
         }
-        WasmletShim { namespace: args.namespace.clone(), socket: args.socket.clone(), exit: Arc::default() }
+        WasmletShim {
+            namespace: args.namespace.clone(),
+            address: args.address.clone(),
+            id: args.id.clone(),
+            socket: args.socket.clone(),
+            exit: Arc::default(),
+        }
     }
 
     fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        let grouping = Spec::load("config.json")
-            .ok()
-            .and_then(|spec| spec.annotations().as_ref().and_then(|a| a.get(SANDBOX_ID_ANNOTATION).cloned()))
-            .unwrap_or_else(|| opts.id.clone());
+        let grouping = grouping_of(&opts.id);
         let (_pid, address) = spawn(opts, &grouping, Vec::new())?;
         write_address(&address)?;
         Ok(address)
@@ -53,10 +59,16 @@ impl containerd_shim::Shim for WasmletShim {
     /// undo what Create made so that nothing is left behind.
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
-        rootfs::unmount(&bundle.join("rootfs"));
-        if let Ok(Some(path)) = Spec::load(bundle.join("config.json")).map_err(anyhow::Error::from).and_then(|s| cgroup::path_of(&s)) {
-            let _ = cgroup::remove(&path);
+        let spec = Spec::load(bundle.join("config.json")).map_err(anyhow::Error::from);
+        if let Ok(Some(path)) = spec.and_then(|s| cgroup::path_of(&s)) {
+            // The instance outlives its shim: it is found through its cgroup.
+            cgroup::kill_all(&path);
+            if let Err(err) = cgroup::remove_when_empty(&path) {
+                eprintln!("wasmlet: {err:#}");
+            }
         }
+        rootfs::unmount(&bundle.join("rootfs"));
+        remove_stale_socket(&socket_address(&self.address, &self.namespace, &grouping_of(&self.id)));
         Ok(DeleteResponse { exit_status: 137, exited_at: MessageField::some(timestamp()?), ..Default::default() })
     }
 
@@ -74,6 +86,24 @@ impl containerd_shim::Shim for WasmletShim {
         // Our own publisher packs events without protobuf reflection.
         let publisher = Publisher::connect(&self.namespace).expect("connect to containerd's ttrpc address");
         Service::new(publisher, self.exit.clone())
+    }
+}
+
+/// The shim daemon serving a container: its pod's, or its own outside a pod.
+/// Read from `config.json` in the working directory (the bundle).
+fn grouping_of(id: &str) -> String {
+    Spec::load("config.json")
+        .ok()
+        .and_then(|spec| spec.annotations().as_ref().and_then(|a| a.get(SANDBOX_ID_ANNOTATION).cloned()))
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Removes a dead daemon's socket; one that still answers belongs to a live
+/// daemon (another container of the pod) and stays.
+fn remove_stale_socket(address: &str) {
+    let path = address.trim_start_matches("unix://");
+    if std::os::unix::net::UnixStream::connect(path).is_err() {
+        let _ = std::fs::remove_file(path);
     }
 }
 
