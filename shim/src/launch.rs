@@ -2,27 +2,19 @@
 //! binary, never a bare fork of the multi-threaded shim) and collects its
 //! setup report.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
 
 use crate::handshake::{self, START_FD, STATUS_FD};
+use crate::stdio::IoPaths;
 use crate::workload::WasmEntry;
-
-/// The container's stdio as containerd hands it over: FIFO paths, or empty.
-#[derive(Debug, Clone, Default)]
-pub struct IoPaths {
-    pub stdin: String,
-    pub stdout: String,
-    pub stderr: String,
-}
 
 /// A set-up instance process waiting for Start.
 #[derive(Debug)]
@@ -80,9 +72,9 @@ fn prepare_command(bundle: &Path, entry: &WasmEntry, io: &IoPaths) -> Result<(Co
         .arg(bundle)
         .arg(&entry.path)
         .arg(&entry.export)
-        .stdin(open_fifo(&io.stdin, false)?)
-        .stdout(open_fifo(&io.stdout, true)?)
-        .stderr(open_fifo(&io.stderr, true)?);
+        .stdin(io.stdin()?)
+        .stdout(io.stdout()?)
+        .stderr(io.stderr()?);
     let (status_fd, start_fd) = (status_write.as_raw_fd(), start_read.as_raw_fd());
     // Safety: only async-signal-safe calls (fcntl, dup2) between fork and exec.
     unsafe {
@@ -98,28 +90,4 @@ fn prepare_command(bundle: &Path, entry: &WasmEntry, io: &IoPaths) -> Result<(Co
         });
     }
     Ok((command, Pipes { status_read, start_write, child_ends: (status_write, start_read) }))
-}
-
-/// Opens one of containerd's stdio FIFOs, or /dev/null when none is given.
-fn open_fifo(path: &str, write: bool) -> Result<Stdio> {
-    if path.is_empty() {
-        return Ok(Stdio::null());
-    }
-    // Output FIFOs are opened read-write: the guest then holds a reader too,
-    // so a client that detaches (`ctr run -d`) leaves the guest's writes
-    // buffered instead of failing with EPIPE, as with runc tasks. Stdin is
-    // opened without blocking, as containerd may not have a writer yet.
-    let mut options = OpenOptions::new();
-    options.read(true);
-    if write {
-        options.write(true);
-    } else {
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = options.open(path).with_context(|| format!("open stdio {path}"))?;
-    if !write {
-        let flags = OFlag::from_bits_truncate(nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?);
-        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
-    }
-    Ok(Stdio::from(file))
 }

@@ -9,8 +9,10 @@ mod handshake;
 mod instance;
 mod launch;
 mod rootfs;
+mod runc;
 mod service;
 mod shim;
+mod stdio;
 mod task;
 mod workload;
 

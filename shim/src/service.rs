@@ -19,11 +19,15 @@ use oci_spec::runtime::Spec;
 use tracing::{info, warn};
 
 use crate::events::Publisher;
-use crate::launch::{self, IoPaths};
-use crate::task::{Exit, Task};
+use crate::launch;
+use crate::stdio::IoPaths;
+use crate::runc::{ForgetPid, Runc};
+use crate::task::{Exit, Runtime, Task};
+use crate::workload::Workload;
 use crate::{cgroup, rootfs, workload};
 
 pub struct Service {
+    namespace: String,
     publisher: Arc<Publisher>,
     state: Arc<Mutex<Tasks>>,
     shutdown: Arc<ExitSignal>,
@@ -61,8 +65,8 @@ fn unsupported(operation: &str) -> ttrpc::Error {
 }
 
 impl Service {
-    pub fn new(publisher: Publisher, shutdown: Arc<ExitSignal>) -> Self {
-        let service = Service { publisher: Arc::new(publisher), state: Arc::default(), shutdown };
+    pub fn new(namespace: String, publisher: Publisher, shutdown: Arc<ExitSignal>) -> Self {
+        let service = Service { namespace, publisher: Arc::new(publisher), state: Arc::default(), shutdown };
         service.watch_exits();
         service
     }
@@ -130,8 +134,12 @@ impl Service {
             process.env().as_deref().unwrap_or_default(),
             process.cwd().to_str().unwrap_or("/"),
         )?;
-        let cgroup_path = cgroup::path_of(spec)?;
         let io = IoPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
+        let entry = match entry {
+            Workload::Wasm(entry) => entry,
+            Workload::Native => return self.create_native(bundle, spec, req, io),
+        };
+        let cgroup_path = cgroup::path_of(spec)?;
         let id = req.id.clone();
         let launched = launch::launch(bundle, &entry, &io, |line| info!(task = %id, "{line}"));
         let launched = match launched {
@@ -147,7 +155,22 @@ impl Service {
                 return Err(err);
             }
         };
-        let task = Arc::new(Task::new(req.id.clone(), bundle.to_path_buf(), io, cgroup_path, launched));
+        self.register(Task::wasm(req.id.clone(), bundle.to_path_buf(), io, cgroup_path, launched))
+    }
+
+    /// Hands a non-wasm container to runc with its full spec.
+    fn create_native(&self, bundle: &Path, spec: &Spec, req: &CreateTaskRequest, io: IoPaths) -> anyhow::Result<Arc<Task>> {
+        let state = self.state.clone();
+        let forget: ForgetPid = Arc::new(move |pid| state.lock().unwrap().discard(pid));
+        let runc = Arc::new(Runc::new(req.options.as_ref(), &self.namespace, forget)?);
+        let pid = runc.create(&req.id, bundle, &io)?;
+        // runc owns this cgroup; the path is kept for Stats.
+        let cgroup_path = cgroup::path_of(spec).ok().flatten();
+        self.register(Task::native(req.id.clone(), bundle.to_path_buf(), io, cgroup_path, pid, runc))
+    }
+
+    fn register(&self, task: Task) -> anyhow::Result<Arc<Task>> {
+        let task = Arc::new(task);
         let mut tasks = self.state.lock().unwrap();
         if let Some(exit) = tasks.unclaimed.remove(&task.pid) {
             task.exited(exit);
@@ -158,6 +181,11 @@ impl Service {
 
     /// Kills a task that never started, then removes its cgroup and rootfs.
     fn remove_task(&self, task: &Task) {
+        if let Runtime::Native(runc) = &task.runtime {
+            if let Err(err) = runc.delete(&task.id, &task.bundle) {
+                warn!(task = %task.id, "{err:#}");
+            }
+        }
         if !task.is_stopped() {
             let _ = kill(Pid::from_raw(task.pid as i32), Signal::SIGKILL);
             if task.wait(Some(Duration::from_secs(10))).is_none() {
@@ -226,7 +254,12 @@ impl TaskApi for Service {
         }
         let signal = Signal::try_from(req.signal as i32).map_err(|_| rpc_error(Code::INVALID_ARGUMENT, format!("invalid signal {}", req.signal)))?;
         info!(task = %task.id, ?signal, "kill");
-        kill(Pid::from_raw(task.pid as i32), signal).map_err(|e| rpc_error(Code::INTERNAL, format!("kill {}: {e}", task.pid)))?;
+        match &task.runtime {
+            Runtime::Wasm => kill(Pid::from_raw(task.pid as i32), signal).map_err(|e| rpc_error(Code::INTERNAL, format!("kill {}: {e}", task.pid)))?,
+            Runtime::Native(runc) => runc
+                .kill(&task.id, &task.bundle, signal as i32, req.all)
+                .map_err(|e| rpc_error(Code::INTERNAL, format!("{e:#}")))?,
+        }
         Ok(Empty::new())
     }
 

@@ -85,7 +85,7 @@ impl containerd_shim::Shim for WasmletShim {
     fn create_task_service(&self, _publisher: RemotePublisher) -> Service {
         // Our own publisher packs events without protobuf reflection.
         let publisher = Publisher::connect(&self.namespace).expect("connect to containerd's ttrpc address");
-        Service::new(publisher, self.exit.clone())
+        Service::new(self.namespace.clone(), publisher, self.exit.clone())
     }
 }
 

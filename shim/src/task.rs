@@ -8,7 +8,11 @@ use std::time::Duration;
 use containerd_shim::api::Status;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 
-use crate::launch::{IoPaths, Launched};
+use std::sync::Arc;
+
+use crate::launch::Launched;
+use crate::runc::Runc;
+use crate::stdio::IoPaths;
 
 #[derive(Debug, Clone)]
 pub struct Exit {
@@ -16,10 +20,19 @@ pub struct Exit {
     pub at: Timestamp,
 }
 
+/// What runs the task.
+#[derive(Debug)]
+pub enum Runtime {
+    /// An instance process of this shim.
+    Wasm,
+    /// runc, for anything that is not wasm.
+    Native(Arc<Runc>),
+}
+
 #[derive(Debug)]
 enum Phase {
-    /// Set up and waiting for Start.
-    Created(Launched),
+    /// Set up and waiting for Start (a wasm instance holds its start pipe).
+    Created(Option<Launched>),
     Running,
     Stopped(Exit),
 }
@@ -30,8 +43,9 @@ pub struct Task {
     pub bundle: PathBuf,
     pub io: IoPaths,
     pub pid: u32,
-    /// The cgroup this shim created for the task, removed on Delete.
+    /// The task's cgroup, read for Stats and removed on Delete.
     pub cgroup: Option<String>,
+    pub runtime: Runtime,
     phase: Mutex<Phase>,
     exited: Condvar,
 }
@@ -47,16 +61,27 @@ pub enum PhaseError {
 }
 
 impl Task {
-    pub fn new(id: String, bundle: PathBuf, io: IoPaths, cgroup: Option<String>, launched: Launched) -> Self {
+    pub fn wasm(id: String, bundle: PathBuf, io: IoPaths, cgroup: Option<String>, launched: Launched) -> Self {
         let pid = launched.pid;
-        Task { id, bundle, io, pid, cgroup, phase: Mutex::new(Phase::Created(launched)), exited: Condvar::new() }
+        let phase = Mutex::new(Phase::Created(Some(launched)));
+        Task { id, bundle, io, pid, cgroup, runtime: Runtime::Wasm, phase, exited: Condvar::new() }
     }
 
-    /// Moves Created -> Running and lets the guest go.
+    pub fn native(id: String, bundle: PathBuf, io: IoPaths, cgroup: Option<String>, pid: u32, runc: Arc<Runc>) -> Self {
+        let phase = Mutex::new(Phase::Created(None));
+        Task { id, bundle, io, pid, cgroup, runtime: Runtime::Native(runc), phase, exited: Condvar::new() }
+    }
+
+    /// Moves Created -> Running and lets the process go. The phase stays
+    /// locked meanwhile, so an immediate exit is recorded after the start.
     pub fn start(&self) -> anyhow::Result<()> {
         let mut phase = self.phase.lock().unwrap();
         match std::mem::replace(&mut *phase, Phase::Running) {
-            Phase::Created(launched) => launched.start(),
+            Phase::Created(Some(launched)) => launched.start(),
+            Phase::Created(None) => match &self.runtime {
+                Runtime::Native(runc) => runc.start(&self.id, &self.bundle),
+                Runtime::Wasm => anyhow::bail!("task {} has no instance to start", self.id),
+            },
             other => {
                 let err = match &other {
                     Phase::Stopped(_) => PhaseError::Exited(self.id.clone()),

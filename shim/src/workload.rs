@@ -11,6 +11,14 @@ use cap_std::fs::Dir;
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
 
+/// What a container's entrypoint asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workload {
+    Wasm(WasmEntry),
+    /// A native executable or a script: runc runs it.
+    Native,
+}
+
 /// A wasm entrypoint: where the module is (inside the rootfs) and what to call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WasmEntry {
@@ -26,8 +34,6 @@ pub enum EntryError {
     NoArgs,
     #[error("entrypoint {0} not found in the container rootfs")]
     NotFound(String),
-    #[error("entrypoint {0} is a native executable, not wasm: wasmlet runs only wasm in this release; use the runc runtime for it")]
-    Native(String),
     #[error("entrypoint {0} is neither a wasm module nor a native executable")]
     Unknown(String),
     #[error("cannot read entrypoint {path}: {reason}")]
@@ -42,9 +48,10 @@ pub fn split_export(arg0: &str) -> (&str, &str) {
     }
 }
 
-/// Finds the entrypoint of `args` inside `rootfs` and checks that it is wasm.
-/// A bare name is looked up in `PATH` from the spec's env, like a shell would.
-pub fn resolve(rootfs: &Path, args: &[String], env: &[String], cwd: &str) -> Result<WasmEntry, EntryError> {
+/// Finds the entrypoint of `args` inside `rootfs` and tells wasm (`\0asm`)
+/// from native (ELF, or a `#!` script). A bare name is looked up in `PATH`
+/// from the spec's env, like a shell would.
+pub fn resolve(rootfs: &Path, args: &[String], env: &[String], cwd: &str) -> Result<Workload, EntryError> {
     let arg0 = args.first().ok_or(EntryError::NoArgs)?;
     let (name, export) = split_export(arg0);
     let root = Dir::open_ambient_dir(rootfs, ambient_authority()).map_err(|e| EntryError::Unreadable {
@@ -62,8 +69,8 @@ pub fn resolve(rootfs: &Path, args: &[String], env: &[String], cwd: &str) -> Res
         .and_then(|mut f| read_up_to(&mut f, &mut magic))
         .map_err(|e| EntryError::Unreadable { path: shown.clone(), reason: e.to_string() })?;
     match &magic[..read] {
-        m if m == WASM_MAGIC => Ok(WasmEntry { path, export: export.to_string() }),
-        m if m == ELF_MAGIC => Err(EntryError::Native(shown)),
+        m if m == WASM_MAGIC => Ok(Workload::Wasm(WasmEntry { path, export: export.to_string() })),
+        m if m == ELF_MAGIC || m.starts_with(b"#!") => Ok(Workload::Native),
         _ => Err(EntryError::Unknown(shown)),
     }
 }
@@ -140,7 +147,7 @@ mod tests {
     fn wasm_entrypoint_is_found_by_absolute_path_and_export() {
         let root = rootfs_with(&[("/app.wasm", b"\0asm\x01\0\0\0")]);
         let entry = resolve(root.path(), &args(&["/app.wasm#greet"]), &[], "/").unwrap();
-        assert_eq!(entry, WasmEntry { path: "/app.wasm".into(), export: "greet".into() });
+        assert_eq!(entry, Workload::Wasm(WasmEntry { path: "/app.wasm".into(), export: "greet".into() }));
     }
 
     #[test]
@@ -148,15 +155,22 @@ mod tests {
         let root = rootfs_with(&[("/opt/bin/tool.wasm", b"\0asm\x01\0\0\0")]);
         let env = args(&["PATH=/usr/bin:/opt/bin"]);
         let entry = resolve(root.path(), &args(&["tool.wasm"]), &env, "/").unwrap();
+        let Workload::Wasm(entry) = entry else { panic!("not wasm: {entry:?}") };
         assert_eq!(entry.path, PathBuf::from("/opt/bin/tool.wasm"));
     }
 
     #[test]
+    fn native_executables_and_scripts_go_to_runc() {
+        let root = rootfs_with(&[("/elf", b"\x7fELF\x02\x01"), ("/run.sh", b"#!/bin/sh\necho")]);
+        assert_eq!(resolve(root.path(), &args(&["/elf"]), &[], "/").unwrap(), Workload::Native);
+        assert_eq!(resolve(root.path(), &args(&["/run.sh"]), &[], "/").unwrap(), Workload::Native);
+    }
+
+    #[test]
     fn each_bad_entrypoint_has_its_own_error() {
-        let root = rootfs_with(&[("/elf", b"\x7fELF\x02\x01"), ("/text", b"hello"), ("/empty", b"")]);
+        let root = rootfs_with(&[("/text", b"hello"), ("/empty", b"")]);
         let run = |a: &str| resolve(root.path(), &args(&[a]), &[], "/").unwrap_err();
         assert_eq!(run("/missing.wasm"), EntryError::NotFound("/missing.wasm".into()));
-        assert_eq!(run("/elf"), EntryError::Native("/elf".into()));
         assert_eq!(run("/text"), EntryError::Unknown("/text".into()));
         assert_eq!(run("/empty"), EntryError::Unknown("/empty".into()));
         assert_eq!(resolve(root.path(), &[], &[], "/").unwrap_err(), EntryError::NoArgs);

@@ -113,7 +113,6 @@ def test_metrics_of_a_running_task(clean):
     ("missing", HELLO, ["/nope.wasm"], "entrypoint /nope.wasm not found in the container rootfs"),
     ("notwasm", "wasmlet.test/bad-notwasm:latest", [],
      "entrypoint /app.wasm is neither a wasm module nor a native executable"),
-    ("native", HELLO_NATIVE, [], "entrypoint /hello is a native executable, not wasm"),
     ("truncated", "wasmlet.test/bad-truncated:latest", [], "invalid wasm module /app.wasm"),
     ("export", HELLO, ["/hello.wasm#nothere"], "export `nothere` not found in /hello.wasm"),
     ("import", "wasmlet.test/bad-import:latest", [], "cannot satisfy the imports of /app.wasm"),
@@ -128,6 +127,21 @@ def test_bad_input_gets_a_clear_error(clean, name, image, args, message):
 def test_unsatisfiable_import_is_named(clean):
     res = clean.run("wasmlet.test/bad-import:latest", "bad-import-name")
     assert "env::missing_function" in res.stderr, res.stderr
+
+
+def test_native_entrypoint_under_wasmlet_runs_through_runc(clean):
+    res = clean.run(HELLO_NATIVE, "native-hello", "/hello", "x", env={"HELLO_RUNC": "1"})
+    assert (res.returncode, res.stdout) == (0, "Hello from wasmlet!\nargs: x\nenv: HELLO_RUNC=1\n")
+    res = clean.run(BUSYBOX, "native-sh", "/bin/sh", "-c", "echo from sh >&2; exit 3")
+    assert (res.returncode, res.stderr) == (3, "from sh\n")
+
+
+def test_native_task_under_wasmlet_can_be_killed(clean):
+    assert clean.run(BUSYBOX, "native-sleep", "/bin/sleep", "600", detach=True).returncode == 0
+    assert clean.tasks()["native-sleep"] == "RUNNING"
+    clean.task_kill("native-sleep", "SIGKILL")
+    assert clean.task_wait("native-sleep", timeout=5) == "STOPPED"
+    assert clean.task_delete("native-sleep") == 137
 
 
 def test_runc_task_runs_beside_wasm_tasks(clean):

@@ -1,0 +1,165 @@
+//! Native containers (a pod's sandbox, sidecars, any non-wasm entrypoint)
+//! run by the runc binary with their full OCI spec, as containerd's runc
+//! shim would. The container's init is reparented to this shim (a
+//! subreaper), so its exit arrives like an instance process's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use containerd_shim::monitor::{monitor_subscribe, wait_pid, Topic};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::Message;
+use containerd_shim::protos::shim::oci::Options;
+
+use crate::stdio::IoPaths;
+
+/// Where runc keeps container state when containerd gives no root.
+const DEFAULT_ROOT: &str = "/run/containerd/runc";
+
+/// Called with the pid of every runc command once its exit is collected,
+/// so the shim's exit table does not keep it.
+pub type ForgetPid = Arc<dyn Fn(u32) + Send + Sync>;
+
+pub struct Runc {
+    binary: String,
+    root: PathBuf,
+    systemd_cgroup: bool,
+    forget: ForgetPid,
+}
+
+impl std::fmt::Debug for Runc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Runc({} --root {})", self.binary, self.root.display())
+    }
+}
+
+impl Runc {
+    /// runc as configured by containerd's runtime options (the runc shim's
+    /// `containerd.runc.v1.Options`: BinaryName, Root, SystemdCgroup).
+    pub fn new(options: Option<&Any>, namespace: &str, forget: ForgetPid) -> Result<Self> {
+        let options = match options.filter(|any| any.type_url.ends_with("containerd.runc.v1.Options")) {
+            Some(any) => Options::parse_from_bytes(&any.value).context("decode the runc options")?,
+            None => Options::new(),
+        };
+        let binary = Some(options.binary_name).filter(|b| !b.is_empty()).unwrap_or_else(|| "runc".into());
+        let root = Some(options.root).filter(|r| !r.is_empty()).unwrap_or_else(|| DEFAULT_ROOT.into());
+        Ok(Runc { binary, root: Path::new(&root).join(namespace), systemd_cgroup: options.systemd_cgroup, forget })
+    }
+
+    /// `runc create`: the container's init waits for `start`; returns its pid.
+    pub fn create(&self, id: &str, bundle: &Path, io: &IoPaths) -> Result<u32> {
+        let pid_file = bundle.join("init.pid");
+        let mut command = self.command(bundle);
+        command
+            .arg("create")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(id)
+            .stdin(io.stdin()?)
+            .stdout(io.stdout()?)
+            .stderr(io.stderr()?);
+        self.run(command, bundle, "create")?;
+        let pid = std::fs::read_to_string(&pid_file).with_context(|| format!("read {}", pid_file.display()))?;
+        pid.trim().parse().with_context(|| format!("parse the pid in {}", pid_file.display()))
+    }
+
+    pub fn start(&self, id: &str, bundle: &Path) -> Result<()> {
+        let mut command = self.command(bundle);
+        command.arg("start").arg(id);
+        self.run(command, bundle, "start")
+    }
+
+    pub fn kill(&self, id: &str, bundle: &Path, signal: i32, all: bool) -> Result<()> {
+        let mut command = self.command(bundle);
+        command.arg("kill");
+        if all {
+            command.arg("--all");
+        }
+        command.arg(id).arg(signal.to_string());
+        self.run(command, bundle, "kill")
+    }
+
+    /// Kills the container if it still runs and removes its state and cgroup.
+    pub fn delete(&self, id: &str, bundle: &Path) -> Result<()> {
+        let mut command = self.command(bundle);
+        command.arg("delete").arg("--force").arg(id);
+        self.run(command, bundle, "delete")
+    }
+
+    fn command(&self, bundle: &Path) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.arg("--root").arg(&self.root).arg("--log").arg(log_path(bundle)).arg("--log-format").arg("json");
+        if self.systemd_cgroup {
+            command.arg("--systemd-cgroup");
+        }
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        command
+    }
+
+    /// Runs one runc command to its end. The shim's reaper collects every
+    /// child, so the exit code comes from its notification, not from wait().
+    fn run(&self, mut command: Command, bundle: &Path, action: &str) -> Result<()> {
+        let exits = monitor_subscribe(Topic::Pid).context("subscribe to process exits")?;
+        let child = command.spawn().with_context(|| format!("run {} {action}", self.binary))?;
+        drop(command);
+        let pid = child.id();
+        let code = wait_pid(pid as i32, exits);
+        (self.forget)(pid);
+        if code != 0 {
+            bail!("runc {action} failed: {}", last_error(&log_path(bundle)).unwrap_or_else(|| format!("exit code {code}")));
+        }
+        Ok(())
+    }
+}
+
+fn log_path(bundle: &Path) -> PathBuf {
+    bundle.join("runc.log")
+}
+
+/// The message of the last error runc logged (JSON lines with level and msg).
+fn last_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| entry["level"] == "error")
+        .filter_map(|entry| entry["msg"].as_str().map(str::to_string))
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forget() -> ForgetPid {
+        Arc::new(|_| {})
+    }
+
+    #[test]
+    fn options_choose_binary_root_and_cgroup_driver() {
+        let mut options = Options::new();
+        options.binary_name = "/usr/sbin/runc".into();
+        options.root = "/run/custom".into();
+        options.systemd_cgroup = true;
+        let any = Any { type_url: "containerd.runc.v1.Options".into(), value: options.write_to_bytes().unwrap(), ..Default::default() };
+        let runc = Runc::new(Some(&any), "k8s.io", forget()).unwrap();
+        assert_eq!((runc.binary.as_str(), runc.root.as_path(), runc.systemd_cgroup), ("/usr/sbin/runc", Path::new("/run/custom/k8s.io"), true));
+    }
+
+    #[test]
+    fn defaults_without_options() {
+        let runc = Runc::new(None, "default", forget()).unwrap();
+        assert_eq!((runc.binary.as_str(), runc.root.as_path()), ("runc", Path::new("/run/containerd/runc/default")));
+    }
+
+    #[test]
+    fn last_logged_error_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("runc.log");
+        std::fs::write(&log, "{\"level\":\"info\",\"msg\":\"a\"}\n{\"level\":\"error\",\"msg\":\"exec: \\\"/nope\\\": not found\"}\n").unwrap();
+        assert_eq!(last_error(&log).as_deref(), Some("exec: \"/nope\": not found"));
+    }
+}
