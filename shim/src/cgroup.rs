@@ -37,6 +37,11 @@ pub fn create_and_join(path: &str, resources: Option<&LinuxResources>, pid: u32)
         .with_context(|| format!("join cgroup {path}"))
 }
 
+/// The processes in the cgroup.
+pub fn pids(path: &str) -> Vec<u32> {
+    Cgroup::load(hierarchies::auto(), path).procs().iter().map(|p| p.pid as u32).collect()
+}
+
 /// SIGKILLs every process in the cgroup: what a dead shim's instance leaves.
 pub fn kill_all(path: &str) {
     let cgroup = Cgroup::load(hierarchies::auto(), path);

@@ -307,8 +307,19 @@ impl TaskApi for Service {
 
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
         let task = self.task(&req.id)?;
-        let info = containerd_shim::protos::types::task::ProcessInfo { pid: task.pid, ..Default::default() };
-        Ok(PidsResponse { processes: vec![info], ..Default::default() })
+        // A native container may have forked; a wasm task is its instance.
+        let mut pids = match (&task.runtime, &task.cgroup) {
+            (Runtime::Native(_), Some(path)) => cgroup::pids(path),
+            _ => vec![],
+        };
+        if pids.is_empty() {
+            pids.push(task.pid);
+        }
+        let processes = pids
+            .into_iter()
+            .map(|pid| containerd_shim::protos::types::task::ProcessInfo { pid, ..Default::default() })
+            .collect();
+        Ok(PidsResponse { processes, ..Default::default() })
     }
 
     fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {

@@ -137,8 +137,11 @@ def test_native_entrypoint_under_wasmlet_runs_through_runc(clean):
 
 
 def test_native_task_under_wasmlet_can_be_killed(clean):
-    assert clean.run(BUSYBOX, "native-sleep", "/bin/sleep", "600", detach=True).returncode == 0
+    assert clean.run(BUSYBOX, "native-sleep", "/bin/sh", "-c", "sleep 600 & sleep 600", detach=True).returncode == 0
     assert clean.tasks()["native-sleep"] == "RUNNING"
+    time.sleep(0.2)
+    # ctr tasks ps: a header and one line per process of the container.
+    assert clean.ctr("tasks", "ps", "native-sleep").stdout.count("\n") == 3
     clean.task_kill("native-sleep", "SIGKILL")
     assert clean.task_wait("native-sleep", timeout=5) == "STOPPED"
     assert clean.task_delete("native-sleep") == 137
