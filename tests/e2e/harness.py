@@ -3,6 +3,10 @@
 Each Containerd gets its own temp dir with root, state, sockets, log and
 config, so tests never touch the host's containerd. Python stdlib only.
 
+Which containerd runs is chosen by version (default: $WASMLET_CONTAINERD, else
+Debian 12's 1.6.20); tests/containerd.sh finds or fetches its binaries, and
+the harness uses that version's ctr and runc shim too.
+
     ctd = Containerd()
     atexit.register(ctd.stop)
     ctd.import_images("out/images")
@@ -26,6 +30,8 @@ import tempfile
 import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONTAINERD_VERSION = os.environ.get("WASMLET_CONTAINERD", "1.6.20")
+CONTAINERD_SCRIPT = os.path.join(REPO_ROOT, "tests", "containerd.sh")
 SHIM_NAME = "containerd-shim-wasmlet-v1"
 DEFAULT_SHIM_DIR = os.path.join(REPO_ROOT, "target", "release")
 WASM_RUNTIME = "io.containerd.wasmlet.v1"
@@ -45,11 +51,26 @@ class CtrError(subprocess.CalledProcessError):
         return f"`{cmd}` exited {self.returncode}: {out}"
 
 
+def containerd_bin_dir(version=CONTAINERD_VERSION):
+    """The dir with containerd, ctr and containerd-shim-runc-v2 of version."""
+    # The first call for a version may download it: allow for a slow mirror.
+    res = subprocess.run(["bash", CONTAINERD_SCRIPT, version], capture_output=True,
+                         text=True, timeout=600, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        raise RuntimeError(f"tests/containerd.sh {version} failed:\n{res.stderr}")
+    return res.stdout.strip()
+
+
 class Containerd:
     """A containerd daemon of our own, with helpers around `ctr`."""
 
     def __init__(self, shim_dir=DEFAULT_SHIM_DIR, namespace="wasmlet-test",
-                 snapshotter=None, log_level="info", start_timeout=30):
+                 snapshotter=None, log_level="info", start_timeout=30,
+                 version=CONTAINERD_VERSION):
+        self.version = version
+        self.major = int(version.split(".")[0])
+        self.bin_dir = containerd_bin_dir(version)
+        self.ctr_path = os.path.join(self.bin_dir, "ctr")
         self.namespace = namespace
         self.shim_dir = os.path.abspath(shim_dir)
         self.proc = None
@@ -102,11 +123,26 @@ class Containerd:
 
     def _write_config(self, log_level):
         opt_dir = os.path.join(self.dir, "opt")
+        if self.major >= 2:
+            # 2.x split CRI into plugins of their own (the pod sandbox
+            # controller and the sandbox service that needs it among them),
+            # and runs NRI by default on a socket the whole host shares
+            # (/var/run/nri/nri.sock).
+            config_version = 3
+            disabled = ["io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime",
+                        "io.containerd.grpc.v1.cri",
+                        "io.containerd.podsandbox.controller.v1.podsandbox",
+                        "io.containerd.grpc.v1.sandbox-controllers",
+                        "io.containerd.nri.v1.nri"]
+        else:
+            config_version = 2
+            disabled = ["io.containerd.grpc.v1.cri"]
+        disabled_list = ", ".join(f'"{p}"' for p in disabled)
         with open(self.config, "w") as f:
-            f.write(f"""version = 2
+            f.write(f"""version = {config_version}
 root = "{self.root}"
 state = "{self.state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [{disabled_list}]
 
 [grpc]
   address = "{self.socket}"
@@ -121,17 +157,25 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [plugins."io.containerd.internal.v1.opt"]
   path = "{opt_dir}"
 """)
+            if self.major >= 2:
+                # 2.x also runs image verifiers found in /opt/containerd.
+                f.write(f"""
+[plugins."io.containerd.image-verifier.v1.bindir"]
+  bin_dir = "{opt_dir}/image-verifier/bin"
+""")
 
     def _start(self, timeout):
         env = dict(os.environ)
-        # containerd finds shims on PATH and hands its environment to them.
-        env["PATH"] = self.shim_dir + ":" + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        # containerd finds shims on PATH and hands its environment to them:
+        # ours first, then the runc shim of this containerd version.
+        env["PATH"] = ":".join([self.shim_dir, self.bin_dir,
+                                env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")])
         env["WASMLET_CACHE_DIR"] = self.cache_dir
         # Don't let the caller's setting change which snapshotter ctr uses.
         env.pop("CONTAINERD_SNAPSHOTTER", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                ["containerd", "--config", self.config],
+                [os.path.join(self.bin_dir, "containerd"), "--config", self.config],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True)  # a Ctrl-C of the tests should not hit it first
         deadline = time.monotonic() + timeout
@@ -156,9 +200,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     # ---- ctr -----------------------------------------------------------
 
+    def ctr_command(self, *args):
+        """argv of this version's `ctr -a SOCK -n NS ARGS...`, e.g. for Popen."""
+        return [self.ctr_path, "-a", self.socket, "-n", self.namespace, *map(str, args)]
+
     def ctr(self, *args, check=True, timeout=60, input=None):
         """Run `ctr -a SOCK -n NS ARGS...`; returns a text CompletedProcess."""
-        cmd = ["ctr", "-a", self.socket, "-n", self.namespace, *map(str, args)]
+        cmd = self.ctr_command(*args)
         res = subprocess.run(cmd, input=input, capture_output=True, text=True,
                              timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
         if check and res.returncode != 0:
@@ -247,7 +295,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         """Delete a stopped task (force: kill it first); returns its exit code."""
         args = ["tasks", "rm"] + (["-f"] if force else []) + [task_id]
         res = self.ctr(*args)
-        # ctr 1.6 exits 0 here and only warns about a non-zero exit code.
+        # ctr (1.6, 1.7 and 2.1 alike) exits 0 here and only warns about a
+        # non-zero exit code.
         match = re.search(r"exit with non-zero exit code (\d+)", res.stderr)
         return int(match.group(1)) if match else 0
 

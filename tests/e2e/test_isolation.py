@@ -60,7 +60,7 @@ def test_instance_root_is_the_container_rootfs(sleeping):
 
 
 def test_task_events_reach_containerd(ctd):
-    events = subprocess.Popen(["ctr", "-a", ctd.socket, "events"], stdout=subprocess.PIPE, text=True)
+    events = subprocess.Popen(ctd.ctr_command("events"), stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(0.3)  # let the subscription settle
         assert ctd.run(HELLO, "events-hello").returncode == 0
