@@ -2,7 +2,7 @@
 //! type name instead of protobuf reflection, which would build descriptor
 //! tables in every shim (hundreds of KB per pod) to look up one name.
 
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::protos::shim::events::ForwardRequest;
@@ -37,6 +37,16 @@ impl Event for TaskExit {
 impl Event for TaskDelete {
     const TOPIC: &'static str = TASK_DELETE_EVENT_TOPIC;
     const TYPE_NAME: &'static str = "containerd.events.TaskDelete";
+}
+
+impl Event for TaskExecAdded {
+    const TOPIC: &'static str = TASK_EXEC_ADDED_EVENT_TOPIC;
+    const TYPE_NAME: &'static str = "containerd.events.TaskExecAdded";
+}
+
+impl Event for TaskExecStarted {
+    const TOPIC: &'static str = TASK_EXEC_STARTED_EVENT_TOPIC;
+    const TYPE_NAME: &'static str = "containerd.events.TaskExecStarted";
 }
 
 /// Packs a message into an Any under the given type name.

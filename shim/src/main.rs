@@ -5,6 +5,7 @@ mod cache;
 mod cgroup;
 mod engine;
 mod events;
+mod exec;
 mod handshake;
 mod instance;
 mod launch;

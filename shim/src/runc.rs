@@ -63,8 +63,26 @@ impl Runc {
             .stdout(io.stdout()?)
             .stderr(io.stderr()?);
         self.run(command, bundle, "create")?;
-        let pid = std::fs::read_to_string(&pid_file).with_context(|| format!("read {}", pid_file.display()))?;
-        pid.trim().parse().with_context(|| format!("parse the pid in {}", pid_file.display()))
+        read_pid(&pid_file)
+    }
+
+    /// `runc exec --detach`: runs `process_file` (an OCI process) in the
+    /// container; returns the new process's pid, a child of this shim.
+    pub fn exec(&self, id: &str, bundle: &Path, process_file: &Path, pid_file: &Path, io: &IoPaths) -> Result<u32> {
+        let mut command = self.command(bundle);
+        command
+            .arg("exec")
+            .arg("--detach")
+            .arg("--process")
+            .arg(process_file)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .stdin(io.stdin()?)
+            .stdout(io.stdout()?)
+            .stderr(io.stderr()?);
+        self.run(command, bundle, "exec")?;
+        read_pid(pid_file)
     }
 
     pub fn start(&self, id: &str, bundle: &Path) -> Result<()> {
@@ -114,6 +132,11 @@ impl Runc {
         }
         Ok(())
     }
+}
+
+fn read_pid(pid_file: &Path) -> Result<u32> {
+    let pid = std::fs::read_to_string(pid_file).with_context(|| format!("read {}", pid_file.display()))?;
+    pid.trim().parse().with_context(|| format!("parse the pid in {}", pid_file.display()))
 }
 
 fn log_path(bundle: &Path) -> PathBuf {

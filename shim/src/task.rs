@@ -1,15 +1,16 @@
-//! One wasm task as the shim tracks it: its instance process, its phase, and
-//! its exit, with a condition variable for Wait.
+//! One task as the shim tracks it: its init process (a wasm instance or a
+//! runc container), its phase, its exit with a condition variable for Wait,
+//! and the exec processes of a native container.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use containerd_shim::api::Status;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 
-use std::sync::Arc;
-
+use crate::exec::Exec;
 use crate::launch::Launched;
 use crate::runc::Runc;
 use crate::stdio::IoPaths;
@@ -46,6 +47,8 @@ pub struct Task {
     /// The task's cgroup, read for Stats and removed on Delete.
     pub cgroup: Option<String>,
     pub runtime: Runtime,
+    /// Exec processes by exec id (native containers only).
+    pub execs: Mutex<HashMap<String, Arc<Exec>>>,
     phase: Mutex<Phase>,
     exited: Condvar,
 }
@@ -64,12 +67,12 @@ impl Task {
     pub fn wasm(id: String, bundle: PathBuf, io: IoPaths, cgroup: Option<String>, launched: Launched) -> Self {
         let pid = launched.pid;
         let phase = Mutex::new(Phase::Created(Some(launched)));
-        Task { id, bundle, io, pid, cgroup, runtime: Runtime::Wasm, phase, exited: Condvar::new() }
+        Task { id, bundle, io, pid, cgroup, runtime: Runtime::Wasm, execs: Mutex::default(), phase, exited: Condvar::new() }
     }
 
     pub fn native(id: String, bundle: PathBuf, io: IoPaths, cgroup: Option<String>, pid: u32, runc: Arc<Runc>) -> Self {
         let phase = Mutex::new(Phase::Created(None));
-        Task { id, bundle, io, pid, cgroup, runtime: Runtime::Native(runc), phase, exited: Condvar::new() }
+        Task { id, bundle, io, pid, cgroup, runtime: Runtime::Native(runc), execs: Mutex::default(), phase, exited: Condvar::new() }
     }
 
     /// Moves Created -> Running and lets the process go. The phase stays
@@ -136,6 +139,15 @@ impl Task {
             Phase::Running => Err(PhaseError::Running(self.id.clone())),
             _ => Ok(()),
         }
+    }
+
+    pub fn exec(&self, exec_id: &str) -> Option<Arc<Exec>> {
+        self.execs.lock().unwrap().get(exec_id).cloned()
+    }
+
+    /// The exec process with this pid, if any.
+    pub fn exec_by_pid(&self, pid: u32) -> Option<Arc<Exec>> {
+        self.execs.lock().unwrap().values().find(|e| e.pid() == Some(pid)).cloned()
     }
 
     pub fn is_stopped(&self) -> bool {

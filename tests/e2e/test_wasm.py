@@ -147,6 +147,21 @@ def test_native_task_under_wasmlet_can_be_killed(clean):
     assert clean.task_delete("native-sleep") == 137
 
 
+def test_exec_into_a_native_container_under_wasmlet(clean):
+    assert clean.run(BUSYBOX, "native-exec", "/bin/sleep", "600", detach=True).returncode == 0
+    res = clean.ctr("tasks", "exec", "--exec-id", "e1", "native-exec", "/bin/echo", "from exec", check=False)
+    assert (res.returncode, res.stdout) == (0, "from exec\n")
+    res = clean.ctr("tasks", "exec", "--exec-id", "e2", "native-exec", "/bin/sh", "-c", "exit 5", check=False)
+    assert res.returncode == 5
+
+
+def test_exec_into_a_wasm_container_is_refused_clearly(clean):
+    assert clean.run(SLEEP, "wasm-exec", detach=True).returncode == 0
+    res = clean.ctr("tasks", "exec", "--exec-id", "e1", "wasm-exec", "/sleep.wasm", check=False)
+    assert res.returncode != 0
+    assert "exec is not supported for wasm tasks" in res.stderr
+
+
 def test_runc_task_runs_beside_wasm_tasks(clean):
     assert clean.run(SLEEP, "side-wasm-sleep", detach=True).returncode == 0
     native = clean.run(BUSYBOX, "side-runc", "/bin/echo", "from runc", runtime=RUNC_RUNTIME)

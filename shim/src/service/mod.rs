@@ -1,5 +1,7 @@
-//! The containerd Task API (shim v2 over ttrpc) for the wasm tasks of one
-//! shim: requests in, instance processes out, events back to containerd.
+//! The containerd Task API (shim v2 over ttrpc) for the tasks of one shim:
+//! requests in, instance processes (or runc) out, events back to containerd.
+
+mod exec;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use oci_spec::runtime::Spec;
 use tracing::{info, warn};
 
 use crate::events::Publisher;
+use crate::exec::Exec;
 use crate::launch;
 use crate::stdio::IoPaths;
 use crate::runc::{ForgetPid, Runc};
@@ -46,6 +49,10 @@ struct Tasks {
 }
 
 impl Tasks {
+    fn exec_by_pid(&self, pid: u32) -> Option<(Arc<Task>, Arc<Exec>)> {
+        self.by_id.values().find_map(|t| t.exec_by_pid(pid).map(|e| (t.clone(), e)))
+    }
+
     /// Forgets a failed instance, whether or not its exit has arrived yet.
     fn discard(&mut self, pid: u32) {
         if self.unclaimed.remove(&pid).is_none() {
@@ -81,9 +88,15 @@ impl Service {
                 let Subject::Pid(pid) = event.subject else { continue };
                 let exit = Exit { code: event.exit_code as u32, at: timestamp().unwrap_or_default() };
                 let mut tasks = state.lock().unwrap();
-                let Some(task) = tasks.by_id.values().find(|t| t.pid == pid as u32).cloned() else {
-                    if !tasks.discarded.remove(&(pid as u32)) {
-                        tasks.unclaimed.insert(pid as u32, exit);
+                let pid = pid as u32;
+                if let Some((task, exec)) = tasks.exec_by_pid(pid) {
+                    drop(tasks);
+                    exec::exited(&publisher, &task, &exec, exit);
+                    continue;
+                }
+                let Some(task) = tasks.by_id.values().find(|t| t.pid == pid).cloned() else {
+                    if !tasks.discarded.remove(&pid) {
+                        tasks.unclaimed.insert(pid, exit);
                     }
                     continue;
                 };
@@ -234,10 +247,11 @@ impl TaskApi for Service {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(unsupported("exec"));
-        }
         let task = self.task(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let pid = self.exec_start(&task, &req.exec_id)?;
+            return Ok(StartResponse { pid, ..Default::default() });
+        }
         task.start().map_err(|e| rpc_error(Code::FAILED_PRECONDITION, format!("{e:#}")))?;
         info!(task = %task.id, pid = task.pid, "started");
         self.publisher.publish(TaskStart { container_id: task.id.clone(), pid: task.pid, ..Default::default() });
@@ -245,10 +259,10 @@ impl TaskApi for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        if !req.exec_id.is_empty() {
-            return Err(unsupported("exec"));
-        }
         let task = self.task(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return exec::kill(&*exec::find(&task, &req.exec_id)?, req.signal).map(|()| Empty::new());
+        }
         if task.is_stopped() {
             return Err(rpc_error(Code::NOT_FOUND, format!("process {} already finished", task.pid)));
         }
@@ -264,10 +278,10 @@ impl TaskApi for Service {
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        if !req.exec_id.is_empty() {
-            return Err(unsupported("exec"));
-        }
         let task = self.task(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return exec::delete(&task, &req.exec_id);
+        }
         task.check_deletable().map_err(|e| rpc_error(Code::FAILED_PRECONDITION, e))?;
         self.remove_task(&task);
         let exit = task.wait(Some(Duration::ZERO)).unwrap_or(Exit { code: 137, at: timestamp().unwrap_or_default() });
@@ -284,12 +298,19 @@ impl TaskApi for Service {
 
     fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         let task = self.task(&req.id)?;
-        let exit = task.wait(None).expect("an unbounded wait returns an exit");
+        let exit = match req.exec_id.as_str() {
+            "" => task.wait(None),
+            exec_id => exec::find(&task, exec_id)?.wait(None),
+        };
+        let exit = exit.expect("an unbounded wait returns an exit");
         Ok(WaitResponse { exit_status: exit.code, exited_at: MessageField::some(exit.at), ..Default::default() })
     }
 
     fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
         let task = self.task(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return exec::state(&task, &req.exec_id);
+        }
         let (status, exit) = task.status();
         Ok(StateResponse {
             id: task.id.clone(),
@@ -350,8 +371,9 @@ impl TaskApi for Service {
         Ok(Empty::new())
     }
 
-    fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        Err(unsupported("exec"))
+    fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        let task = self.task(&req.id)?;
+        self.exec_add(&task, &req).map(|()| Empty::new())
     }
 
     fn pause(&self, _ctx: &TtrpcContext, _req: PauseRequest) -> TtrpcResult<Empty> {
