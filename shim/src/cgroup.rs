@@ -10,7 +10,11 @@ use containerd_shim::protos::cgroups_v2::metrics as v2;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 
 use crate::events::pack;
+use std::path::Path;
+
 use oci_spec::runtime::{LinuxResources, Spec};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The cgroup path of the spec, relative to the hierarchy root.
 /// `None` when the spec names none (the task then stays in the shim's cgroup).
@@ -35,6 +39,16 @@ pub fn create_and_join(path: &str, resources: Option<&LinuxResources>, pid: u32)
     cgroup
         .add_task_by_tgid(CgroupPid::from(pid as u64))
         .with_context(|| format!("join cgroup {path}"))
+}
+
+/// Whether the kernel's OOM killer has killed a process in the cgroup
+/// (the `oom_kill` count of memory.oom_control on v1, memory.events on v2).
+pub fn oom_killed(path: &str) -> bool {
+    let counters = ["memory/{path}/memory.oom_control", "{path}/memory.events"];
+    counters.iter().any(|file| {
+        let file = Path::new(CGROUP_ROOT).join(file.replace("{path}", path));
+        std::fs::read_to_string(file).is_ok_and(|text| stat_field(&text, "oom_kill") > 0)
+    })
 }
 
 /// The processes in the cgroup.
@@ -161,9 +175,25 @@ fn to_limits(spec: &LinuxResources, v2: bool) -> Resources {
     res
 }
 
-/// The memory limit in bytes, if the spec sets one; it also caps linear memory.
+/// The memory limit in bytes, if the spec sets one.
 pub fn memory_limit(resources: Option<&LinuxResources>) -> Option<u64> {
     resources?.memory().as_ref()?.limit().filter(|l| *l > 0).map(|l| l as u64)
+}
+
+/// The memory the cgroup's processes use now, in bytes.
+pub fn memory_usage(path: &str) -> Option<u64> {
+    let cgroup = Cgroup::load(hierarchies::auto(), path);
+    Some(cgroup.controller_of::<cgroups_rs::fs::memory::MemController>()?.memory_stat().usage_in_bytes)
+}
+
+/// Room the engine keeps beside the guest's linear memory within the limit.
+const ENGINE_HEADROOM: u64 = 4 << 20;
+
+/// How far the guest's linear memory may grow: what the limit leaves after
+/// the instance's own use, so that the guest meets its cap (and fails
+/// cleanly) before the kernel's OOM killer would end the whole process.
+pub fn guest_memory_cap(limit: u64, used: u64) -> u64 {
+    limit.saturating_sub(used).saturating_sub(ENGINE_HEADROOM)
 }
 
 #[cfg(test)]
@@ -202,6 +232,12 @@ mod tests {
         assert_eq!(to_limits(&res, true).memory.memory_swap_limit, Some(32 << 20));
         assert_eq!(to_limits(&res, false).memory.memory_swap_limit, Some(96 << 20));
         assert_eq!(to_limits(&res, false).pid.maximum_number_of_processes, Some(MaxValue::Max));
+    }
+
+    #[test]
+    fn guest_cap_leaves_room_for_the_engine() {
+        assert_eq!(guest_memory_cap(64 << 20, 10 << 20), 50 << 20);
+        assert_eq!(guest_memory_cap(4 << 20, 10 << 20), 0);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use wasmtime::{Engine, Linker, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
+use wasmtime::{Engine, Linker, Module, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
@@ -13,6 +13,9 @@ use crate::cache::{Cache, Outcome};
 
 /// Exit code of a trapped module: 128 + SIGABRT, as for a native abort.
 pub const TRAP_EXIT_CODE: i32 = 134;
+/// Exit code of a guest that failed after reaching its memory limit:
+/// 128 + SIGKILL, as if the kernel's OOM killer had ended it.
+pub const OUT_OF_MEMORY_EXIT_CODE: i32 = 137;
 
 /// What the guest is given: argv, environment, working directory, memory cap.
 pub struct Guest<'a> {
@@ -24,7 +27,25 @@ pub struct Guest<'a> {
 
 struct State {
     wasi: WasiP1Ctx,
+    limits: MemoryCap,
+}
+
+/// The store's limits, remembering whether a growth was refused by them.
+struct MemoryCap {
     limits: StoreLimits,
+    reached: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        self.reached |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
 }
 
 /// An instantiated module with its entry export, ready to run.
@@ -76,7 +97,8 @@ pub fn prepare(engine: &Engine, module: &Module, name: &Path, export: &str, gues
     if let Some(bytes) = guest.memory_limit {
         limits = limits.memory_size(bytes as usize);
     }
-    let mut store = Store::new(engine, State { wasi: builder.build_p1(), limits: limits.build() });
+    let cap = MemoryCap { limits: limits.build(), reached: false };
+    let mut store = Store::new(engine, State { wasi: builder.build_p1(), limits: cap });
     store.limiter(|s| &mut s.limits);
 
     let mut linker: Linker<State> = Linker::new(engine);
@@ -100,8 +122,9 @@ pub fn prepare(engine: &Engine, module: &Module, name: &Path, export: &str, gues
 }
 
 /// Runs the entry export; returns the process exit code. A trap prints its
-/// message and wasm backtrace on stderr.
-pub fn run(mut prepared: Prepared) -> i32 {
+/// message and wasm backtrace on stderr; a failure after the memory limit was
+/// reached calls `on_out_of_memory` and gives OUT_OF_MEMORY_EXIT_CODE.
+pub fn run(mut prepared: Prepared, on_out_of_memory: impl FnOnce()) -> i32 {
     // WASI's blocking calls (poll_oneoff, sockets) are driven by tokio. Left
     // alone, wasmtime-wasi starts a runtime with a worker per core; one
     // worker is plenty for one guest and keeps an idle instance small.
@@ -120,6 +143,11 @@ pub fn run(mut prepared: Prepared) -> i32 {
     };
     match result {
         Ok(()) => 0,
+        Err(err) if prepared.store.data().limits.reached && err.downcast_ref::<I32Exit>().is_none() => {
+            let _ = writeln!(std::io::stderr(), "Error: out of memory: the guest reached its memory limit\n{err:?}");
+            on_out_of_memory();
+            OUT_OF_MEMORY_EXIT_CODE
+        }
         Err(err) => exit_code_of(&err),
     }
 }
@@ -146,7 +174,7 @@ mod tests {
         let engine = new_engine()?;
         let module = Module::new(&engine, wat::parse_str(wat)?)?;
         let guest = Guest { args: &["m".into()], env: &[], cwd: "/", memory_limit };
-        Ok(run(prepare(&engine, &module, Path::new("/m.wasm"), export, &guest)?))
+        Ok(run(prepare(&engine, &module, Path::new("/m.wasm"), export, &guest)?, || {}))
     }
 
     const EXIT_42: &str = r#"(module
@@ -193,6 +221,14 @@ mod tests {
             (memory (export "memory") 1)
             (func (export "_start") (call $exit (i32.eq (memory.grow (i32.const 2)) (i32.const -1)))))"#;
         assert_eq!(run_wat(wat, "_start", Some(64 * 1024)).unwrap(), 1);
+        assert_eq!(run_wat(wat, "_start", None).unwrap(), 0);
+    }
+
+    #[test]
+    fn trap_after_reaching_the_memory_limit_is_out_of_memory() {
+        let wat = r#"(module (memory (export "memory") 1)
+            (func (export "_start") (if (i32.eq (memory.grow (i32.const 2)) (i32.const -1)) (then unreachable))))"#;
+        assert_eq!(run_wat(wat, "_start", Some(64 * 1024)).unwrap(), OUT_OF_MEMORY_EXIT_CODE);
         assert_eq!(run_wat(wat, "_start", None).unwrap(), 0);
     }
 

@@ -2,7 +2,7 @@
 //! type name instead of protobuf reflection, which would build descriptor
 //! tables in every shim (hundreds of KB per pod) to look up one name.
 
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskStart};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::protos::shim::events::ForwardRequest;
@@ -47,6 +47,11 @@ impl Event for TaskExecAdded {
 impl Event for TaskExecStarted {
     const TOPIC: &'static str = TASK_EXEC_STARTED_EVENT_TOPIC;
     const TYPE_NAME: &'static str = "containerd.events.TaskExecStarted";
+}
+
+impl Event for TaskOOM {
+    const TOPIC: &'static str = TASK_OOM_EVENT_TOPIC;
+    const TYPE_NAME: &'static str = "containerd.events.TaskOOM";
 }
 
 /// Packs a message into an Any under the given type name.

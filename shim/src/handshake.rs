@@ -1,7 +1,9 @@
 //! The pipes between the shim and an instance process. The instance reports
 //! on the status pipe (`log ...` lines, then `ok` or `error ...`), then waits
 //! on the start pipe: one byte runs the guest, end-of-file means the task
-//! was deleted before it started.
+//! was deleted before it started. After `ok` the status pipe stays open
+//! until the instance exits, which says `oom` first if the guest ran out of
+//! its memory limit.
 
 /// Descriptor of the status pipe's write end in the instance process.
 pub const STATUS_FD: i32 = 3;
@@ -15,8 +17,17 @@ pub struct Report {
     pub result: Result<(), String>,
 }
 
-/// Parses the whole status stream. A stream that ends without `ok` or
-/// `error` means the instance died during setup.
+/// The late message that tells an exit was for lack of memory.
+pub const OUT_OF_MEMORY: &str = "oom";
+
+/// Whether the setup report in `stream` is whole: `ok` ends it; an error
+/// runs to end-of-file.
+pub fn is_complete(stream: &str) -> bool {
+    stream.lines().any(|l| l == "ok") && stream.ends_with('\n')
+}
+
+/// Parses the setup report. A stream that ends without `ok` or `error`
+/// means the instance died during setup.
 pub fn parse(stream: &str) -> Report {
     let mut logs = Vec::new();
     let mut lines = stream.split_inclusive('\n');
@@ -48,6 +59,13 @@ mod tests {
     fn error_keeps_every_line() {
         let report = parse("error invalid wasm\n  caused by: x\n");
         assert_eq!(report.result, Err("invalid wasm\n  caused by: x".into()));
+    }
+
+    #[test]
+    fn report_is_complete_at_ok() {
+        assert!(!is_complete("log a\n"));
+        assert!(!is_complete("log a\no"));
+        assert!(is_complete("log a\nok\n"));
     }
 
     #[test]

@@ -21,6 +21,8 @@ use crate::workload::WasmEntry;
 pub struct Launched {
     pub pid: u32,
     start: File,
+    /// The status pipe after `ok`: read once the instance has exited.
+    pub late_report: Option<File>,
 }
 
 impl Launched {
@@ -36,13 +38,27 @@ impl Launched {
 pub fn launch(bundle: &Path, entry: &WasmEntry, io: &IoPaths, on_log: impl Fn(&str)) -> Result<Launched, (Option<u32>, anyhow::Error)> {
     let (command, pipes) = prepare_command(bundle, entry, io).map_err(|e| (None, e))?;
     let pid = spawn(command, pipes.child_ends).map_err(|e| (None, e))?;
-    let mut stream = String::new();
-    File::from(pipes.status_read).read_to_string(&mut stream).context("read the instance report").map_err(|e| (Some(pid), e))?;
+    let mut status = File::from(pipes.status_read);
+    let stream = read_report(&mut status).map_err(|e| (Some(pid), e))?;
     let report = handshake::parse(&stream);
     report.logs.iter().for_each(|l| on_log(l));
     match report.result {
-        Ok(()) => Ok(Launched { pid, start: File::from(pipes.start_write) }),
+        Ok(()) => Ok(Launched { pid, start: File::from(pipes.start_write), late_report: Some(status) }),
         Err(msg) => Err((Some(pid), anyhow::anyhow!(msg))),
+    }
+}
+
+/// Reads the status pipe until the setup report is whole or the pipe ends.
+fn read_report(status: &mut File) -> Result<String> {
+    let mut stream = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = status.read(&mut chunk).context("read the instance report")?;
+        stream.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&stream);
+        if n == 0 || handshake::is_complete(&text) {
+            return Ok(text.into_owned());
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Task {
     pub runtime: Runtime,
     /// Exec processes by exec id (native containers only).
     pub execs: Mutex<HashMap<String, Arc<Exec>>>,
+    /// A wasm instance's status pipe, which may say `oom` before exit.
+    late_report: Mutex<Option<std::fs::File>>,
     phase: Mutex<Phase>,
     exited: Condvar,
 }
@@ -64,15 +66,17 @@ pub enum PhaseError {
 }
 
 impl Task {
-    pub fn wasm(id: String, bundle: PathBuf, io: IoPaths, cgroup: Option<String>, launched: Launched) -> Self {
+    pub fn wasm(id: String, bundle: PathBuf, io: IoPaths, cgroup: Option<String>, mut launched: Launched) -> Self {
         let pid = launched.pid;
+        let late_report = Mutex::new(launched.late_report.take());
         let phase = Mutex::new(Phase::Created(Some(launched)));
-        Task { id, bundle, io, pid, cgroup, runtime: Runtime::Wasm, execs: Mutex::default(), phase, exited: Condvar::new() }
+        Task { id, bundle, io, pid, cgroup, runtime: Runtime::Wasm, execs: Mutex::default(), late_report, phase, exited: Condvar::new() }
     }
 
     pub fn native(id: String, bundle: PathBuf, io: IoPaths, cgroup: Option<String>, pid: u32, runc: Arc<Runc>) -> Self {
         let phase = Mutex::new(Phase::Created(None));
-        Task { id, bundle, io, pid, cgroup, runtime: Runtime::Native(runc), execs: Mutex::default(), phase, exited: Condvar::new() }
+        let late_report = Mutex::default();
+        Task { id, bundle, io, pid, cgroup, runtime: Runtime::Native(runc), execs: Mutex::default(), late_report, phase, exited: Condvar::new() }
     }
 
     /// Moves Created -> Running and lets the process go. The phase stays
@@ -139,6 +143,16 @@ impl Task {
             Phase::Running => Err(PhaseError::Running(self.id.clone())),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the task ran out of memory: its instance said so, or the
+    /// kernel's OOM killer acted in its cgroup. Asked once, after the exit.
+    pub fn ran_out_of_memory(&self) -> bool {
+        let mut said = String::new();
+        if let Some(mut report) = self.late_report.lock().unwrap().take() {
+            let _ = std::io::Read::read_to_string(&mut report, &mut said);
+        }
+        said.lines().any(|l| l == crate::handshake::OUT_OF_MEMORY) || self.cgroup.as_deref().is_some_and(crate::cgroup::oom_killed)
     }
 
     pub fn exec(&self, exec_id: &str) -> Option<Arc<Exec>> {

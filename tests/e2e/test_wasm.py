@@ -3,6 +3,7 @@
 import glob
 import hashlib
 import os
+import subprocess
 import time
 
 import pytest
@@ -81,13 +82,32 @@ def test_mounts_read_only_read_write_and_nothing_outside(clean, tmp_path):
 
 
 def test_memory_limit_ends_the_task_not_the_node(clean):
-    res = clean.run(HOG, "hog-limited", memory_limit=64 * MIB)
-    assert res.returncode != 0
-    assert "allocated 16 MiB" in res.stdout
-    assert "allocated 128 MiB" not in res.stdout
+    # The task ends as out of memory: 137 and a /tasks/oom event, which
+    # containerd's CRI turns into the OOMKilled reason.
+    events = subprocess.Popen(clean.ctr_command("events"), stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)
+        for limit in (32, 64):
+            res = clean.run(HOG, f"hog-{limit}", memory_limit=limit * MIB)
+            assert res.returncode == 137, res.stderr
+            assert f"allocated {limit} MiB" not in res.stdout
+        time.sleep(0.3)
+    finally:
+        events.terminate()
+    oom = [line for line in events.communicate()[0].splitlines() if "/tasks/oom" in line]
+    assert [o for o in oom if '"hog-32"' in o] and [o for o in oom if '"hog-64"' in o], oom
     # The same program within its limit, and the node, are fine.
     res = clean.run(HOG, "hog-small", "/memory-hog.wasm", "16", memory_limit=128 * MIB)
     assert (res.returncode, res.stdout.splitlines()[-1]) == (0, "done 16 MiB")
+
+
+def test_guest_meets_its_memory_cap_before_the_oom_killer(clean):
+    # Linear memory is capped below the cgroup limit by what the engine
+    # itself uses, so the guest fails cleanly and says why.
+    for limit in (32, 64, 200):
+        res = clean.run(HOG, f"hog-cap-{limit}", memory_limit=limit * MIB)
+        assert res.returncode == 137
+        assert "out of memory: the guest reached its memory limit" in res.stderr
 
 
 @pytest.mark.parametrize("signal,code", [("SIGTERM", 143), ("SIGKILL", 137)])

@@ -35,12 +35,14 @@ pub fn main(args: &[String]) -> ! {
     unsafe {
         libc::malloc_trim(0);
     }
+    // The status pipe stays open until exit, for a late `oom`.
     let _ = writeln!(status, "ok");
-    drop(status);
     if !start_requested() {
         std::process::exit(0);
     }
-    let code = engine::run(prepared);
+    let code = engine::run(prepared, || {
+        let _ = writeln!(status, "oom");
+    });
     let _ = std::io::stdout().flush();
     std::process::exit(code);
 }
@@ -62,8 +64,9 @@ fn setup(args: &[String], status: &mut File) -> Result<Prepared> {
     let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
 
     // The cgroup first, so that everything below is accounted to the container.
-    if let Some(path) = cgroup::path_of(&spec)? {
-        cgroup::create_and_join(&path, resources, std::process::id())?;
+    let cgroup_path = cgroup::path_of(&spec)?;
+    if let Some(path) = &cgroup_path {
+        cgroup::create_and_join(path, resources, std::process::id())?;
     }
     isolation::enter_namespaces(&spec)?;
 
@@ -85,7 +88,10 @@ fn setup(args: &[String], status: &mut File) -> Result<Prepared> {
         args: &argv,
         env: process.env().as_deref().unwrap_or_default(),
         cwd: process.cwd().to_str().unwrap_or("/"),
-        memory_limit: cgroup::memory_limit(resources),
+        memory_limit: cgroup::memory_limit(resources).map(|limit| {
+            let used = cgroup_path.as_deref().and_then(cgroup::memory_usage).unwrap_or(0);
+            cgroup::guest_memory_cap(limit, used)
+        }),
     };
     let prepared = engine::prepare(&engine, &module, &entry.path, export, &guest)?;
     privileges::drop_all(process.user())?;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use containerd_shim::api::*;
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskStart};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim::util::timestamp;
@@ -102,6 +102,11 @@ impl Service {
                 };
                 drop(tasks);
                 info!(task = %task.id, pid, code = exit.code, "task exited");
+                if task.ran_out_of_memory() {
+                    // containerd's CRI reports OOMKilled for a task that had this event.
+                    info!(task = %task.id, "task ran out of memory");
+                    publisher.publish(TaskOOM { container_id: task.id.clone(), ..Default::default() });
+                }
                 task.exited(exit.clone());
                 let event = TaskExit {
                     container_id: task.id.clone(),
