@@ -121,19 +121,24 @@ pub fn prepare(engine: &Engine, module: &Module, name: &Path, export: &str, gues
     Ok(Prepared { store, init, entry })
 }
 
-/// Runs the entry export; returns the process exit code. A trap prints its
-/// message and wasm backtrace on stderr; a failure after the memory limit was
-/// reached calls `on_out_of_memory` and gives OUT_OF_MEMORY_EXIT_CODE.
-pub fn run(mut prepared: Prepared, on_out_of_memory: impl FnOnce()) -> i32 {
+/// How the guest ended: its exit code and, when it failed, why.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ended {
+    pub code: i32,
+    pub error: Option<String>,
+    /// It failed after its memory limit refused to grow it.
+    pub out_of_memory: bool,
+}
+
+/// Runs the entry export. A failure (trap, out of memory, host error) is
+/// also printed on stderr, with the wasm backtrace.
+pub fn run(mut prepared: Prepared) -> Ended {
     // WASI's blocking calls (poll_oneoff, sockets) are driven by tokio. Left
     // alone, wasmtime-wasi starts a runtime with a worker per core; one
     // worker is plenty for one guest and keeps an idle instance small.
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            let _ = writeln!(std::io::stderr(), "Error: start the I/O runtime: {err}");
-            return 1;
-        }
+        Err(err) => return failed(1, format!("start the I/O runtime: {err}"), false),
     };
     let _context = runtime.enter();
     let store = &mut prepared.store;
@@ -142,23 +147,26 @@ pub fn run(mut prepared: Prepared, on_out_of_memory: impl FnOnce()) -> i32 {
         None => prepared.entry.call(&mut *store, ()),
     };
     match result {
-        Ok(()) => 0,
-        Err(err) if prepared.store.data().limits.reached && err.downcast_ref::<I32Exit>().is_none() => {
-            let _ = writeln!(std::io::stderr(), "Error: out of memory: the guest reached its memory limit\n{err:?}");
-            on_out_of_memory();
-            OUT_OF_MEMORY_EXIT_CODE
-        }
-        Err(err) => exit_code_of(&err),
+        Ok(()) => Ended { code: 0, error: None, out_of_memory: false },
+        Err(err) => ended_by(&err, prepared.store.data().limits.reached),
     }
 }
 
-fn exit_code_of(err: &wasmtime::Error) -> i32 {
+fn ended_by(err: &wasmtime::Error, cap_reached: bool) -> Ended {
     if let Some(exit) = err.downcast_ref::<I32Exit>() {
-        return exit.0;
+        return Ended { code: exit.0, error: None, out_of_memory: false };
     }
-    // Not eprintln!: a closed stderr must not turn a trap into a panic.
-    let _ = writeln!(std::io::stderr(), "Error: {err:?}");
-    if err.downcast_ref::<wasmtime::Trap>().is_some() { TRAP_EXIT_CODE } else { 1 }
+    if cap_reached {
+        return failed(OUT_OF_MEMORY_EXIT_CODE, format!("out of memory: the guest reached its memory limit\n{err:?}"), true);
+    }
+    let code = if err.downcast_ref::<wasmtime::Trap>().is_some() { TRAP_EXIT_CODE } else { 1 };
+    failed(code, format!("{err:?}"), false)
+}
+
+fn failed(code: i32, message: String, out_of_memory: bool) -> Ended {
+    // Not eprintln!: a closed stderr must not turn a failure into a panic.
+    let _ = writeln!(std::io::stderr(), "Error: {message}");
+    Ended { code, error: Some(message), out_of_memory }
 }
 
 /// `K=V` strings as (K, V); an entry without `=` is a name with an empty value.
@@ -174,7 +182,7 @@ mod tests {
         let engine = new_engine()?;
         let module = Module::new(&engine, wat::parse_str(wat)?)?;
         let guest = Guest { args: &["m".into()], env: &[], cwd: "/", memory_limit };
-        Ok(run(prepare(&engine, &module, Path::new("/m.wasm"), export, &guest)?, || {}))
+        Ok(run(prepare(&engine, &module, Path::new("/m.wasm"), export, &guest)?).code)
     }
 
     const EXIT_42: &str = r#"(module

@@ -59,6 +59,14 @@ def test_trap_exits_134_with_message_and_backtrace(clean):
     assert "wasm backtrace" in res.stderr
 
 
+def test_trap_message_goes_to_the_termination_log(clean, tmp_path):
+    log = tmp_path / "termination-log"
+    log.write_text("")
+    res = clean.run(TRAP, "trap-termlog", mounts=[(log, "/dev/termination-log", "rbind:rw")])
+    assert res.returncode == 134
+    assert "unreachable" in log.read_text()
+
+
 def test_custom_export_runs_instead_of_start(clean):
     res = clean.run(HELLO, "hello-greet", "/hello.wasm#greet")
     assert (res.returncode, res.stdout) == (0, "greet: called via #export\n")

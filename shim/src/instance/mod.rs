@@ -5,25 +5,26 @@
 
 mod isolation;
 mod privileges;
+mod termination;
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::Spec;
 
 use crate::cache::Cache;
 use crate::engine::{self, Guest, Prepared};
-use crate::handshake::{START_FD, STATUS_FD};
+use crate::handshake::{self, START_FD, STATUS_FD};
 use crate::{cgroup, rootfs, workload};
 
 pub fn main(args: &[String]) -> ! {
     // Safety: the shim hands these descriptors over and nothing else owns them.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
-    let prepared = match setup(args, &mut status) {
-        Ok(prepared) => prepared,
+    let (prepared, termination_log) = match setup(args, &mut status) {
+        Ok(ready) => ready,
         Err(err) => {
             let _ = write!(status, "error {err:#}");
             std::process::exit(1);
@@ -40,11 +41,15 @@ pub fn main(args: &[String]) -> ! {
     if !start_requested() {
         std::process::exit(0);
     }
-    let code = engine::run(prepared, || {
-        let _ = writeln!(status, "oom");
-    });
+    let ended = engine::run(prepared);
+    if ended.out_of_memory {
+        let _ = writeln!(status, "{}", handshake::OUT_OF_MEMORY);
+    }
+    if let (Some(path), Some(error)) = (&termination_log, &ended.error) {
+        termination::write(path, error);
+    }
     let _ = std::io::stdout().flush();
-    std::process::exit(code);
+    std::process::exit(ended.code);
 }
 
 fn start_requested() -> bool {
@@ -54,7 +59,9 @@ fn start_requested() -> bool {
     matches!(start.read(&mut byte), Ok(1))
 }
 
-fn setup(args: &[String], status: &mut File) -> Result<Prepared> {
+/// Sets everything up; returns the guest ready to run and the file kubelet
+/// reads the termination message from, if the container has one.
+fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf>)> {
     let [bundle, module_path, export] = args else {
         bail!("usage: instance BUNDLE MODULE EXPORT");
     };
@@ -95,5 +102,5 @@ fn setup(args: &[String], status: &mut File) -> Result<Prepared> {
     };
     let prepared = engine::prepare(&engine, &module, &entry.path, export, &guest)?;
     privileges::drop_all(process.user())?;
-    Ok(prepared)
+    Ok((prepared, termination::path_of(&spec)))
 }
