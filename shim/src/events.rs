@@ -19,40 +19,23 @@ pub trait Event: Message {
     const TYPE_NAME: &'static str;
 }
 
-impl Event for TaskCreate {
-    const TOPIC: &'static str = TASK_CREATE_EVENT_TOPIC;
-    const TYPE_NAME: &'static str = "containerd.events.TaskCreate";
+/// Declares an event type's topic and the name containerd registered it under.
+macro_rules! event {
+    ($type:ident, $topic:expr) => {
+        impl Event for $type {
+            const TOPIC: &'static str = $topic;
+            const TYPE_NAME: &'static str = concat!("containerd.events.", stringify!($type));
+        }
+    };
 }
 
-impl Event for TaskStart {
-    const TOPIC: &'static str = TASK_START_EVENT_TOPIC;
-    const TYPE_NAME: &'static str = "containerd.events.TaskStart";
-}
-
-impl Event for TaskExit {
-    const TOPIC: &'static str = TASK_EXIT_EVENT_TOPIC;
-    const TYPE_NAME: &'static str = "containerd.events.TaskExit";
-}
-
-impl Event for TaskDelete {
-    const TOPIC: &'static str = TASK_DELETE_EVENT_TOPIC;
-    const TYPE_NAME: &'static str = "containerd.events.TaskDelete";
-}
-
-impl Event for TaskExecAdded {
-    const TOPIC: &'static str = TASK_EXEC_ADDED_EVENT_TOPIC;
-    const TYPE_NAME: &'static str = "containerd.events.TaskExecAdded";
-}
-
-impl Event for TaskExecStarted {
-    const TOPIC: &'static str = TASK_EXEC_STARTED_EVENT_TOPIC;
-    const TYPE_NAME: &'static str = "containerd.events.TaskExecStarted";
-}
-
-impl Event for TaskOOM {
-    const TOPIC: &'static str = TASK_OOM_EVENT_TOPIC;
-    const TYPE_NAME: &'static str = "containerd.events.TaskOOM";
-}
+event!(TaskCreate, TASK_CREATE_EVENT_TOPIC);
+event!(TaskStart, TASK_START_EVENT_TOPIC);
+event!(TaskExit, TASK_EXIT_EVENT_TOPIC);
+event!(TaskDelete, TASK_DELETE_EVENT_TOPIC);
+event!(TaskOOM, TASK_OOM_EVENT_TOPIC);
+event!(TaskExecAdded, TASK_EXEC_ADDED_EVENT_TOPIC);
+event!(TaskExecStarted, TASK_EXEC_STARTED_EVENT_TOPIC);
 
 /// Packs a message into an Any under the given type name.
 pub fn pack(type_name: &str, message: &impl Message) -> anyhow::Result<Any> {
@@ -90,5 +73,16 @@ impl Publisher {
         let request = ForwardRequest { envelope: MessageField::some(envelope), ..Default::default() };
         self.client.forward(Context::default(), &request)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_names_are_containerds() {
+        assert_eq!(TaskExit::TYPE_NAME, "containerd.events.TaskExit");
+        assert_eq!(TaskExecStarted::TOPIC, "/tasks/exec-started");
     }
 }

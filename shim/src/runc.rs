@@ -147,10 +147,10 @@ fn log_path(bundle: &Path) -> PathBuf {
 fn last_error(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
     text.lines()
+        .rev()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|entry| entry["level"] == "error")
-        .filter_map(|entry| entry["msg"].as_str().map(str::to_string))
-        .last()
+        .find_map(|entry| entry["msg"].as_str().map(str::to_string))
 }
 
 #[cfg(test)]
