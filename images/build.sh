@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the example workloads and packs them, plus a native runc image,
-# a busybox image and some broken images, into <repo>/out/images/*.tar
+# a busybox image, the pod sandbox's pause image and some broken images,
+# into <repo>/out/images/*.tar
 # for `ctr images import`. Works from any directory; installs the wasm
 # target and busybox-static only when they are missing.
 set -euo pipefail
@@ -14,6 +15,7 @@ WORKLOADS="$HERE/workloads"
 TARGET_DIR="$WORKLOADS/target"
 WASM_DIR="$TARGET_DIR/wasm32-wasip1/release"
 NATIVE_HELLO="$TARGET_DIR/x86_64-unknown-linux-gnu/release/hello"
+PAUSE_SRC="$HERE/pause/pause.c"
 
 WASM_WORKLOADS=(hello exit-code trap sleep files memory-hog)
 BUSYBOX_APPLETS=(sh echo sleep cat true ls)
@@ -61,7 +63,18 @@ pack_wasm_images() {
     done
 }
 
+# The CRI sandbox image (containerd's sandbox_image): a static C program, so
+# the image holds one file and no libc.
+build_pause() {
+    mkdir -p "$SCRATCH"
+    log "building static pause"
+    gcc -static -Os -s -Wall -Wextra -Werror -o "$SCRATCH/pause" "$PAUSE_SRC"
+}
+
 pack_native_images() {
+    pack --name wasmlet.test/pause:latest --out "$IMAGES/pause.tar" \
+        --file "/pause=$SCRATCH/pause" --entrypoint /pause
+
     pack --name wasmlet.test/hello-native:latest --out "$IMAGES/hello-native.tar" \
         --file "/hello=$NATIVE_HELLO" --entrypoint /hello
 
@@ -96,6 +109,7 @@ pack_bad_images() {
 main() {
     ensure_tools
     build_workloads
+    build_pause
     mkdir -p "$IMAGES"
     pack_wasm_images
     pack_native_images

@@ -7,7 +7,16 @@ PYTEST_VERSION=8.4.2
 # containerd's gRPC API for tests/e2e/containerd_api.py. The stubs were
 # generated in 2021 by a protoc that protobuf 4+ refuses, hence protobuf 3.
 GRPC_PACKAGES=(grpcio==1.85.3 protobuf==3.20.3 containerd==1.5.3)
-APT_PACKAGES=(containerd runc protobuf-compiler busybox-static)
+# Generates the CRI stubs (tests/cri/gen_stubs.py). 1.49.1 is the oldest with
+# a wheel for Python 3.11; its protoc (3.21) writes code that protobuf 3.20
+# runs. It declares protobuf>=4 though, which would break the containerd
+# stubs above, so it is installed without its dependencies; its grpc_tools.protoc
+# needs setuptools' pkg_resources, which newer setuptools drop.
+GRPC_TOOLS=(grpcio-tools==1.49.1 "setuptools<81")
+# Reads the Pod manifests of the CRI tests (tests/cri/pods.py).
+PYYAML=PyYAML==6.0.3
+# jq and iproute2 for the test CNI plugin (tests/cri/cni/wasmlet-loopback).
+APT_PACKAGES=(containerd runc protobuf-compiler busybox-static jq iproute2)
 WASM_TARGETS=(wasm32-wasip1 wasm32-wasip2)
 
 # cargo/rustup usually live in ~/.cargo/bin, which a non-login shell may lack.
@@ -63,4 +72,14 @@ fi
 if ! python3 -c 'import grpc, containerd.services.tasks.v1.tasks_pb2' >/dev/null 2>&1; then
     echo "deps: installing ${GRPC_PACKAGES[*]}"
     quiet env PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore "${GRPC_PACKAGES[@]}"
+fi
+
+if ! python3 -c 'import grpc_tools.protoc' >/dev/null 2>&1; then
+    echo "deps: installing ${GRPC_TOOLS[*]}"
+    quiet env PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore --no-deps "${GRPC_TOOLS[@]}"
+fi
+
+if ! python3 -c 'import yaml' >/dev/null 2>&1; then
+    echo "deps: installing $PYYAML"
+    quiet env PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore "$PYYAML"
 fi

@@ -30,8 +30,17 @@ fn main() {
             println!("runtime {RUNTIME_ID}");
             println!("wasmtime {}", env!("WASMTIME_VERSION"));
         }
-        _ => containerd_shim::run::<shim::WasmletShim>(RUNTIME_ID, None),
+        _ => containerd_shim::run::<shim::WasmletShim>(RUNTIME_ID, Some(config_for(&args))),
     }
+}
+
+/// `start` spawns (or finds) the daemon and returns; it must not reap. Its
+/// spawned daemon may exit at once (the pod's daemon already runs), and a
+/// SIGCHLD caught while the crate tears its signal handling down loops
+/// forever on SIGPIPE (seen as a `start` spinning until containerd kills it).
+fn config_for(args: &[String]) -> containerd_shim::Config {
+    let start = args.last().is_some_and(|action| action == "start");
+    containerd_shim::Config { no_reaper: start, ..Default::default() }
 }
 
 /// glibc gives each thread that allocates an arena of its own; for a shim

@@ -1,6 +1,9 @@
-"""Fixtures for the end-to-end tests: one private containerd per session."""
+"""Fixtures for the end-to-end tests: one private containerd per session
+(`ctd`), and one more with the CRI plugin on for the tests that need it
+(`cri`)."""
 
 import atexit
+import collections
 import glob
 import os
 import shutil
@@ -11,6 +14,8 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # so tests can `import harness`
+# ...and the CRI helpers: `import pods`, `import kubelet`.
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "cri"))
 
 from harness import CONTAINERD_VERSION, REPO_ROOT, Containerd, containerd_bin_dir  # noqa: E402
 
@@ -18,8 +23,20 @@ IMAGES_DIR = os.path.join(REPO_ROOT, "out", "images")
 # containerd's log is copied here at the end, since its temp dir goes away.
 # One per version, so `make e2e` keeps the log of each.
 LOG_COPY = os.path.join(REPO_ROOT, "out", "e2e", f"containerd-{CONTAINERD_VERSION}.log")
+CRI_LOG_COPY = os.path.join(REPO_ROOT, "out", "e2e", f"containerd-cri-{CONTAINERD_VERSION}.log")
 
-_current = None  # the session's Containerd, for the failure report hook
+_current = []  # the session's live Containerds, for the failure report hook
+
+# What the `cri` fixture yields: the harness and a Kubelet on its CRI socket.
+Cri = collections.namedtuple("Cri", "ctd kubelet")
+
+
+def _save_log(ctd, path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        shutil.copyfile(ctd.log_path, path)
+    except OSError:
+        pass
 
 
 def pytest_report_header(config):
@@ -35,23 +52,47 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def ctd():
-    global _current
     if not glob.glob(os.path.join(IMAGES_DIR, "*.tar")):
         pytest.fail(f"no images in {IMAGES_DIR}: run make images", pytrace=False)
     # A namespace of its own, so parallel sessions never clean up each other.
     ctd = Containerd(namespace=f"wasmlet-test-{os.getpid()}")
     atexit.register(ctd.stop)  # in case the session dies before teardown
-    _current = ctd
+    _current.append(ctd)
     try:
         ctd.import_images(IMAGES_DIR)
         yield ctd
     finally:
-        _current = None
-        os.makedirs(os.path.dirname(LOG_COPY), exist_ok=True)
-        try:
-            shutil.copyfile(ctd.log_path, LOG_COPY)
-        except OSError:
-            pass
+        _current.remove(ctd)
+        _save_log(ctd, LOG_COPY)
+        ctd.stop()
+
+
+@pytest.fixture(scope="session")
+def cri():
+    """A containerd of its own serving CRI (namespace k8s.io), with every
+    image imported, and a Kubelet to run pods through it."""
+    if not os.path.exists(os.path.join(IMAGES_DIR, "pause.tar")):
+        pytest.fail(f"no pause image in {IMAGES_DIR}: run make images", pytrace=False)
+    from kubelet import Kubelet  # generates the CRI stubs on first use
+
+    ctd = Containerd(cri=True)
+    atexit.register(ctd.stop)
+    _current.append(ctd)
+    kubelet = None
+    try:
+        ctd.import_images(IMAGES_DIR)
+        kubelet = Kubelet(ctd.socket, os.path.join(ctd.dir, "kubelet"), ctd.pod_cgroup_root)
+        yield Cri(ctd, kubelet)
+    finally:
+        _current.remove(ctd)
+        if kubelet is not None:
+            # Through CRI, so the CNI plugin releases each pod's network.
+            try:
+                kubelet.remove_all()
+            except Exception as e:  # stop() below cleans up the rest
+                print(f"conftest: removing pods failed: {e}", file=sys.stderr)
+            kubelet.close()
+        _save_log(ctd, CRI_LOG_COPY)
         ctd.stop()
 
 
@@ -60,5 +101,10 @@ def pytest_runtest_makereport(item, call):
     """Show the end of containerd's log under a failing test."""
     outcome = yield
     report = outcome.get_result()
-    if report.failed and _current is not None:
-        report.sections.append(("containerd log (tail)", _current.log_tail()))
+    if report.failed:
+        # The containerds this test used (through its fixtures), else all.
+        used = [v.ctd if isinstance(v, Cri) else v for v in getattr(item, "funcargs", {}).values()
+                if isinstance(v, (Cri, Containerd))]
+        for ctd in [c for c in _current if c in used] or _current:
+            title = "containerd (CRI) log (tail)" if ctd.cri else "containerd log (tail)"
+            report.sections.append((title, ctd.log_tail()))

@@ -16,10 +16,22 @@ the harness uses that version's ctr and runc shim too.
 
 Run two harnesses at the same time only with different namespaces: cgroups
 are named after the namespace, and stop() cleans up the namespace's cgroups.
+
+With cri=True, containerd also serves the Kubernetes CRI API on its socket
+(tests/cri has the client), in the namespace CRI always uses, k8s.io: runc
+is the default runtime, runtime handler `wasmlet` is the shim, the sandbox
+image is wasmlet.test/pause:latest (import it first), and pods get their
+network from the test CNI plugin tests/cri/cni/wasmlet-loopback (addresses
+127.0.100.x, no routable ones). Pods must put their cgroups below
+`ctd.pod_cgroup_root`, which is this harness's alone, so leftovers() can
+check them as it checks task cgroups; it also reports the CNI plugin's
+addresses and host veths of pods that are gone. CRI harnesses may run side
+by side: each has its own pod cgroup root.
 """
 
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -36,6 +48,14 @@ SHIM_NAME = "containerd-shim-wasmlet-v1"
 DEFAULT_SHIM_DIR = os.path.join(REPO_ROOT, "target", "release")
 WASM_RUNTIME = "io.containerd.wasmlet.v1"
 RUNC_RUNTIME = "io.containerd.runc.v2"
+# What a CRI RuntimeClass names as its handler, and the runtime it maps to.
+WASM_HANDLER = "wasmlet"
+# CRI works only in this containerd namespace.
+CRI_NAMESPACE = "k8s.io"
+# The CRI sandbox image, built by images/build.sh.
+PAUSE_IMAGE = "wasmlet.test/pause:latest"
+CNI_PLUGIN = os.path.join(REPO_ROOT, "tests", "cri", "cni", "wasmlet-loopback")
+CNI_NETWORK = "wasmlet-loopback"
 CGROUP_ROOT = "/sys/fs/cgroup"
 # Shims listen on /run/containerd/s/<sha256 of "ADDRESS/NAMESPACE/ID">,
 # whatever containerd's state dir is.
@@ -64,9 +84,14 @@ def containerd_bin_dir(version=CONTAINERD_VERSION):
 class Containerd:
     """A containerd daemon of our own, with helpers around `ctr`."""
 
-    def __init__(self, shim_dir=DEFAULT_SHIM_DIR, namespace="wasmlet-test",
+    def __init__(self, shim_dir=DEFAULT_SHIM_DIR, namespace=None,
                  snapshotter=None, log_level="info", start_timeout=30,
-                 version=CONTAINERD_VERSION):
+                 version=CONTAINERD_VERSION, cri=False):
+        if namespace is None:
+            namespace = CRI_NAMESPACE if cri else "wasmlet-test"
+        if cri and namespace != CRI_NAMESPACE:
+            raise ValueError(f"with cri=True the namespace is {CRI_NAMESPACE}, not {namespace}")
+        self.cri = cri
         self.version = version
         self.major = int(version.split(".")[0])
         self.bin_dir = containerd_bin_dir(version)
@@ -88,10 +113,21 @@ class Containerd:
         self.runc_root = os.path.join(self.dir, "runc")
         # Task bundles (and their rootfs mounts) live here, one per task id.
         self.bundles = os.path.join(self.state, "io.containerd.runtime.v2.task", namespace)
+        # CRI: the CNI plugin dir, its config dir and its data (address records).
+        self.cni_bin_dir = os.path.join(self.dir, "cni", "bin")
+        self.cni_conf_dir = os.path.join(self.dir, "cni", "conf")
+        self.cni_data_dir = os.path.join(self.dir, "cni", "data")
+        # CRI: pods' cgroups go below this (kubelet would use /kubepods);
+        # named after the temp dir, so no other harness ever uses it.
+        self.pod_cgroup_root = "/" + os.path.basename(self.dir) + "-kubepods"
+        # Cgroup dirs below /sys/fs/cgroup[/*] that tasks of ours live in.
+        self._cgroup_roots = [self.pod_cgroup_root.strip("/")] if cri else [namespace]
         for d in (self.root, self.state, self.cache_dir, self.fifo_dir):
             os.makedirs(d)
         try:
             self.snapshotter = snapshotter or self._pick_snapshotter()
+            if cri:
+                self._setup_cni()
             self._write_config(log_level)
             self._start(start_timeout)
         except BaseException:
@@ -132,11 +168,11 @@ class Containerd:
             disabled = ["io.containerd.cri.v1.images", "io.containerd.cri.v1.runtime",
                         "io.containerd.grpc.v1.cri",
                         "io.containerd.podsandbox.controller.v1.podsandbox",
-                        "io.containerd.grpc.v1.sandbox-controllers",
-                        "io.containerd.nri.v1.nri"]
+                        "io.containerd.grpc.v1.sandbox-controllers"]
+            disabled = ([] if self.cri else disabled) + ["io.containerd.nri.v1.nri"]
         else:
             config_version = 2
-            disabled = ["io.containerd.grpc.v1.cri"]
+            disabled = [] if self.cri else ["io.containerd.grpc.v1.cri"]
         disabled_list = ", ".join(f'"{p}"' for p in disabled)
         with open(self.config, "w") as f:
             f.write(f"""version = {config_version}
@@ -163,6 +199,77 @@ disabled_plugins = [{disabled_list}]
 [plugins."io.containerd.image-verifier.v1.bindir"]
   bin_dir = "{opt_dir}/image-verifier/bin"
 """)
+            if self.cri:
+                f.write(self._cri_config())
+
+    def _cri_config(self):
+        """The CRI plugins' config: 1.x has one plugin, 2.x three."""
+        # Network namespaces under containerd's state dir (our temp dir),
+        # not /var/run/netns; OOM scores only as high as containerd's own,
+        # as this process may not lower them (no CAP_SYS_RESOURCE).
+        common = """  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+"""
+        # Streaming (exec, attach, port-forward) on loopback only.
+        streaming = """  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+"""
+        if self.major >= 2:
+            runtime = 'plugins."io.containerd.cri.v1.runtime"'
+            images = 'plugins."io.containerd.cri.v1.images"'
+            return f"""
+[{images}]
+  snapshotter = "{self.snapshotter}"
+
+[{images}.pinned_images]
+  sandbox = "{PAUSE_IMAGE}"
+
+[{runtime}]
+{common}
+[{runtime}.cni]
+  bin_dirs = ["{self.cni_bin_dir}"]
+  conf_dir = "{self.cni_conf_dir}"
+{self._cri_runtimes(runtime + ".containerd")}
+[plugins."io.containerd.grpc.v1.cri"]
+{streaming}"""
+        cri = 'plugins."io.containerd.grpc.v1.cri"'
+        snapshotter = f'  snapshotter = "{self.snapshotter}"\n'
+        return f"""
+[{cri}]
+  sandbox_image = "{PAUSE_IMAGE}"
+{common}{streaming}
+[{cri}.cni]
+  bin_dir = "{self.cni_bin_dir}"
+  conf_dir = "{self.cni_conf_dir}"
+{self._cri_runtimes(cri + ".containerd", snapshotter)}"""
+
+    def _cri_runtimes(self, table, extra=""):
+        """CRI runtime handlers: runc (the default) and wasmlet."""
+        return f"""
+[{table}]
+{extra}  default_runtime_name = "runc"
+
+[{table}.runtimes.runc]
+  runtime_type = "{RUNC_RUNTIME}"
+
+# runc's state in our temp dir, as `ctr run` has it.
+[{table}.runtimes.runc.options]
+  Root = "{self.runc_root}"
+
+[{table}.runtimes.{WASM_HANDLER}]
+  runtime_type = "{WASM_RUNTIME}"
+"""
+
+    def _setup_cni(self):
+        """The test CNI plugin (also as `loopback`) and a conflist using it."""
+        for d in (self.cni_bin_dir, self.cni_conf_dir, self.cni_data_dir):
+            os.makedirs(d)
+        for name in (CNI_NETWORK, "loopback"):
+            os.symlink(CNI_PLUGIN, os.path.join(self.cni_bin_dir, name))
+        conflist = {"cniVersion": "1.0.0", "name": CNI_NETWORK,
+                    "plugins": [{"type": CNI_NETWORK, "dataDir": self.cni_data_dir}]}
+        with open(os.path.join(self.cni_conf_dir, f"10-{CNI_NETWORK}.conflist"), "w") as f:
+            json.dump(conflist, f, indent=2)
 
     def _start(self, timeout):
         env = dict(os.environ)
@@ -318,15 +425,17 @@ disabled_plugins = [{disabled_list}]
 
         Looks for processes mentioning our temp dir or socket (shims, wasm
         instances) or living in the namespace's cgroups, mounts under our temp
-        dir, and task cgroup dirs. What belongs to a task that still exists is
-        not reported unless include_live. Shims exit a moment after their last
-        task is deleted, so this retries for up to `wait` seconds.
+        dir, and task cgroup dirs; with cri also pod cgroup dirs, and the CNI
+        plugin's addresses and host veths. What belongs to a task that still
+        exists is not reported unless include_live. Shims exit a moment after
+        their last task is deleted, so this retries for up to `wait` seconds.
         """
         deadline = time.monotonic() + wait
         while True:
             live = set() if include_live or not self._running() else set(self.tasks())
             found = (self._stray_processes(live) + self._stray_mounts(live)
-                     + self._stray_cgroups(live) + self._stray_sockets(live))
+                     + self._stray_cgroups(live) + self._stray_sockets(live)
+                     + self._stray_network(live))
             if not found or time.monotonic() >= deadline:
                 return found
             time.sleep(0.2)
@@ -365,13 +474,15 @@ disabled_plugins = [{disabled_list}]
             if pid == me or (self.proc is not None and pid == self.proc.pid):
                 continue
             argv = [a.decode(errors="replace") for a in cmdline.split(b"\0") if a]
-            task_cgroups = [c for c in cgroups if c.startswith(f"/{self.namespace}/")]
+            task_cgroups = [c for c in cgroups
+                            if any(c.startswith(f"/{root}/") for root in self._cgroup_roots)]
             if needle not in cmdline and needle not in environ and not task_cgroups:
                 continue
             found[pid] = " ".join(argv)[:200] or "(no cmdline)"
-            # A shim names its task with -id; a task process sits in /<ns>/<id>.
+            # A shim names its task with -id; a task process sits in /<ns>/<id>
+            # (CRI: <pod cgroup root>/[<qos>/]pod<uid>/<id>).
             ids = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-id"}
-            ids |= {c.split("/")[2] for c in task_cgroups}
+            ids |= {c.rstrip("/").rsplit("/", 1)[1] for c in task_cgroups}
             self._task_ids.update(ids)
             if ids & live:
                 exempt.add(pid)
@@ -399,21 +510,92 @@ disabled_plugins = [{disabled_list}]
 
     def _stray_mounts(self, live):
         allowed = tuple(os.path.join(self.bundles, i) + "/" for i in live)
-        return [f"mount {p}" for p in self._mounts_under_dir()
-                if not (allowed and p.startswith(allowed))]
+        # CRI mounts a pod's shm, network namespace and more outside bundles.
+        live_netns = self._live_netns(live) if self.cri and live else set()
+        found = []
+        for p in self._mounts_under_dir():
+            if allowed and p.startswith(allowed):
+                continue
+            if self.cri and (live & set(p.split("/")) or _inode(p) in live_netns):
+                continue
+            found.append(f"mount {p}")
+        return found
 
-    def _namespace_cgroup_dirs(self):
-        """/sys/fs/cgroup[/*]/<namespace> dirs (v1 controllers, unified, pure v2)."""
-        pattern_v2 = os.path.join(CGROUP_ROOT, self.namespace)
-        pattern_v1 = os.path.join(CGROUP_ROOT, "*", self.namespace)
-        return [d for d in glob.glob(pattern_v2) + glob.glob(pattern_v1) if os.path.isdir(d)]
+    def _live_netns(self, live):
+        """Inodes of the network namespaces of live tasks' processes."""
+        inodes = set()
+        for line in self.ctr("tasks", "ls").stdout.splitlines()[1:]:
+            fields = line.split()
+            if len(fields) >= 2 and fields[0] in live and fields[1].isdigit():
+                inodes.add(_inode(f"/proc/{fields[1]}/ns/net"))
+        return inodes - {None}
+
+    def _cgroup_root_dirs(self):
+        """/sys/fs/cgroup[/*]/<root> dirs (v1 controllers, unified, pure v2)
+        of each cgroup root of ours: the namespace, or with cri the pods' root."""
+        found = []
+        for root in self._cgroup_roots:
+            pattern_v2 = os.path.join(CGROUP_ROOT, root)
+            pattern_v1 = os.path.join(CGROUP_ROOT, "*", root)
+            found += [d for d in glob.glob(pattern_v2) + glob.glob(pattern_v1) if os.path.isdir(d)]
+        return found
 
     def _stray_cgroups(self, live):
         found = []
-        for ns_dir in self._namespace_cgroup_dirs():
+        for ns_dir in self._cgroup_root_dirs():
+            if self.cri:
+                found += self._stray_pod_cgroups(ns_dir, live)
+                continue
             for child in sorted(os.listdir(ns_dir)):
                 if os.path.isdir(os.path.join(ns_dir, child)) and child not in live:
                     found.append(f"cgroup {os.path.join(ns_dir, child)}")
+        return found
+
+    def _stray_pod_cgroups(self, root_dir, live):
+        """Below the pods' root (kubelet's layout: [<qos>/]pod<uid>/<container
+        id>): a container's cgroup whose task is gone, and a pod's cgroup with
+        no live container left (kubelet removes it with the pod)."""
+        found = []
+        for dirpath, dirnames, _ in os.walk(root_dir):
+            if not os.path.basename(dirpath).startswith("pod"):
+                continue
+            containers = list(dirnames)
+            dirnames.clear()  # below a pod there are only containers
+            found += [f"cgroup {os.path.join(dirpath, c)}" for c in containers if c not in live]
+            if not set(containers) & live:
+                found.append(f"cgroup {dirpath}")
+        return sorted(found)
+
+    def _cni_addresses(self):
+        """{address: (container id, host veth)} the CNI plugin has handed out."""
+        found = {}
+        for path in sorted(glob.glob(os.path.join(self.cni_data_dir, "127.*"))):
+            try:
+                with open(path) as f:
+                    container_id, _, veth = f.read().split()[:3]
+            except (OSError, ValueError):
+                continue  # being written or removed right now
+            found[os.path.basename(path)] = (container_id, veth)
+        return found
+
+    def _cni_veths(self):
+        """Host ends of veth pairs the CNI plugin made that still exist."""
+        try:
+            with open(os.path.join(self.cni_data_dir, "veths")) as f:
+                names = f.read().split()
+        except OSError:
+            return []
+        return [n for n in dict.fromkeys(names) if os.path.exists(f"/sys/class/net/{n}")]
+
+    def _stray_network(self, live):
+        """CNI addresses and host veths of pods (sandbox tasks) that are gone."""
+        if not self.cri:
+            return []
+        addresses = self._cni_addresses()
+        live_veths = {veth for container_id, veth in addresses.values() if container_id in live}
+        found = [f"cni address {address} of {container_id} (veth {veth})"
+                 for address, (container_id, veth) in addresses.items() if container_id not in live]
+        found += [f"veth {name}" for name in self._cni_veths() if name not in live_veths]
         return found
 
     def _shim_sockets(self):
@@ -458,6 +640,10 @@ disabled_plugins = [{disabled_list}]
                 pass
         self._unmount_all()
         self._remove_cgroups()
+        if self.cri:
+            # A pod deleted without CNI DEL leaves its host veth behind.
+            for name in self._cni_veths():
+                subprocess.run(["ip", "link", "del", name], capture_output=True)
         if self._mounts_under_dir():
             # Never rm -rf through a mount: it could be a bind of a host dir.
             print(f"harness: mounts remain, keeping {self.dir}", file=sys.stderr)
@@ -492,12 +678,20 @@ disabled_plugins = [{disabled_list}]
 
     def _remove_cgroups(self):
         """rmdir the namespace's cgroup dirs, deepest first; busy ones stay."""
-        for ns_dir in self._namespace_cgroup_dirs():
+        for ns_dir in self._cgroup_root_dirs():
             for dirpath, _, _ in sorted(os.walk(ns_dir), key=lambda w: w[0].count("/"), reverse=True):
                 try:
                     os.rmdir(dirpath)
                 except OSError as e:
                     print(f"harness: cannot remove cgroup {dirpath}: {e}", file=sys.stderr)
+
+
+def _inode(path):
+    """st_ino of path (of a namespace, for an nsfs file), or None."""
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
 
 
 def _unescape(path):

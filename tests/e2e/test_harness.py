@@ -1,5 +1,7 @@
 """Self-tests of the harness, using runc only (no wasmlet shim needed)."""
 
+import time
+
 from harness import RUNC_RUNTIME
 
 BUSYBOX = "wasmlet.test/busybox:latest"
@@ -38,4 +40,19 @@ def test_runc_detached_kill(ctd):
     finally:
         ctd.delete_all()
     assert ctd.containers() == []
+    assert ctd.leftovers() == []
+
+
+def test_pause_sleeps_until_sigterm_then_exits_0(ctd):
+    # The CRI sandbox image; as PID 1 it needs its own handlers to stop at all.
+    res = ctd.run("wasmlet.test/pause:latest", "harness-pause", runtime=RUNC_RUNTIME, detach=True)
+    assert res.returncode == 0, res.stderr
+    try:
+        time.sleep(0.3)
+        assert ctd.tasks().get("harness-pause") == "RUNNING"
+        ctd.task_kill("harness-pause", "SIGTERM")
+        assert ctd.task_wait("harness-pause") == "STOPPED"
+        assert ctd.task_delete("harness-pause") == 0
+    finally:
+        ctd.delete_all()
     assert ctd.leftovers() == []

@@ -1,0 +1,171 @@
+"""The part of kubelet the CRI tests play, over containerd's CRI gRPC API.
+
+Each step is one CRI call plus what kubelet does around it (pod dir, volumes,
+log dirs, /etc/hosts before; the pod's cgroup and dir after), so that tests
+read like the pod lifecycle:
+
+    kubelet = Kubelet(ctd.socket, os.path.join(ctd.dir, "kubelet"), ctd.pod_cgroup_root)
+    pod = pods.Pod.load("tests/cri/manifests/busybox-echo.yaml")
+    sandbox_id = kubelet.run_pod_sandbox(pod)
+    container_id = kubelet.create_container(pod, sandbox_id, "echo")
+    kubelet.start_container(container_id)
+    status = kubelet.wait_container(container_id)   # until it exits
+    kubelet.stop_pod_sandbox(sandbox_id)
+    kubelet.remove_pod_sandbox(sandbox_id)
+    kubelet.close()
+
+Failed calls raise grpc.RpcError; .details() holds containerd's message.
+Images are never pulled: they must be in containerd's k8s.io namespace.
+"""
+
+import glob
+import os
+import shutil
+import time
+
+import grpc
+
+from gen_stubs import load_stubs
+
+v1, v1_grpc = load_stubs()
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+class Kubelet:
+    """CRI RuntimeService and ImageService of one containerd, used like kubelet."""
+
+    def __init__(self, socket, root_dir, cgroup_root, timeout=60):
+        self.channel = grpc.insecure_channel(f"unix://{socket}")
+        self.runtime = v1_grpc.RuntimeServiceStub(self.channel)
+        self.images = v1_grpc.ImageServiceStub(self.channel)
+        self.timeout = timeout  # per call (kubelet allows 2 minutes)
+        # kubelet's /var/lib/kubelet/pods and /var/log/pods.
+        self.pods_dir = os.path.join(root_dir, "pods")
+        self.logs_dir = os.path.join(root_dir, "logs")
+        self.cgroup_root = cgroup_root
+        self._sandboxes = {}  # sandbox id -> (Pod, PodSandboxConfig)
+
+    def close(self):
+        self.channel.close()
+
+    def _call(self, method, request):
+        return method(request, timeout=self.timeout)
+
+    def version(self):
+        return self._call(self.runtime.Version, v1.VersionRequest(version="v1"))
+
+    # ---- images ----------------------------------------------------------------
+
+    def image_ref(self, image):
+        """The id of a local image, as kubelet's image manager resolves it
+        (pull policy Never: the tests have no registry to pull from)."""
+        status = self._call(self.images.ImageStatus,
+                            v1.ImageStatusRequest(image=v1.ImageSpec(image=image)))
+        if not status.image.id:
+            raise LookupError(f"image {image} is not in containerd's k8s.io namespace")
+        return status.image.id
+
+    # ---- sandboxes -------------------------------------------------------------
+
+    def pod_dir(self, pod):
+        return os.path.join(self.pods_dir, pod.uid)
+
+    def log_path(self, pod, container_name):
+        """Absolute path of a container's CRI log file."""
+        return os.path.join(pod.log_directory(self.logs_dir), pod.log_path(container_name))
+
+    def run_pod_sandbox(self, pod):
+        """Volumes and dirs, then RunPodSandbox; returns the sandbox id."""
+        pod_dir = self.pod_dir(pod)
+        pod.prepare(pod_dir)
+        log_directory = pod.log_directory(self.logs_dir)
+        os.makedirs(log_directory, exist_ok=True)
+        config = pod.sandbox_config(log_directory, pod.cgroup_parent(self.cgroup_root))
+        sandbox_id = self._call(self.runtime.RunPodSandbox, v1.RunPodSandboxRequest(
+            config=config, runtime_handler=pod.runtime_handler())).pod_sandbox_id
+        self._sandboxes[sandbox_id] = (pod, config)
+        network = self.pod_sandbox_status(sandbox_id).network
+        ips = [ip for ip in [network.ip] + [a.ip for a in network.additional_ips] if ip]
+        pod.write_hosts_file(pod_dir, ips)
+        return sandbox_id
+
+    def pod_sandbox_status(self, sandbox_id):
+        return self._call(self.runtime.PodSandboxStatus,
+                          v1.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id)).status
+
+    def stop_pod_sandbox(self, sandbox_id):
+        self._call(self.runtime.StopPodSandbox, v1.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+
+    def remove_pod_sandbox(self, sandbox_id):
+        """RemovePodSandbox (it removes the pod's containers too), then what
+        kubelet removes with a pod: its cgroup and its dir."""
+        self._call(self.runtime.RemovePodSandbox, v1.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id))
+        pod, config = self._sandboxes.pop(sandbox_id, (None, None))
+        if pod is None:
+            return
+        remove_cgroup(config.linux.cgroup_parent)
+        shutil.rmtree(self.pod_dir(pod), ignore_errors=True)
+
+    def remove_all(self):
+        """Stop and remove every pod sandbox, for a clean teardown."""
+        for sandbox in self._call(self.runtime.ListPodSandbox, v1.ListPodSandboxRequest()).items:
+            self.stop_pod_sandbox(sandbox.id)
+            self.remove_pod_sandbox(sandbox.id)
+
+    # ---- containers ------------------------------------------------------------
+
+    def create_container(self, pod, sandbox_id, name):
+        """CreateContainer of the manifest's container `name`; returns its id."""
+        _, sandbox_config = self._sandboxes[sandbox_id]
+        config = pod.container_config(name, self.image_ref(pod.containers[name]["image"]),
+                                      self.pod_dir(pod))
+        # containerd opens the log file but does not make its dir.
+        os.makedirs(os.path.dirname(self.log_path(pod, name)), exist_ok=True)
+        return self._call(self.runtime.CreateContainer, v1.CreateContainerRequest(
+            pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config)).container_id
+
+    def start_container(self, container_id):
+        self._call(self.runtime.StartContainer, v1.StartContainerRequest(container_id=container_id))
+
+    def container_status(self, container_id):
+        return self._call(self.runtime.ContainerStatus,
+                          v1.ContainerStatusRequest(container_id=container_id)).status
+
+    def wait_container(self, container_id, timeout=60):
+        """Poll ContainerStatus (as kubelet's PLEG relists) until it exited."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.container_status(container_id)
+            if status.state == v1.CONTAINER_EXITED:
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"container {container_id} still "
+                                   f"{v1.ContainerState.Name(status.state)} after {timeout}s")
+            time.sleep(0.1)
+
+    def stop_container(self, container_id, grace_seconds=30):
+        self._call(self.runtime.StopContainer, v1.StopContainerRequest(
+            container_id=container_id, timeout=grace_seconds))
+
+    def remove_container(self, container_id):
+        self._call(self.runtime.RemoveContainer, v1.RemoveContainerRequest(container_id=container_id))
+
+
+def remove_cgroup(path):
+    """rmdir a pod's cgroup in every hierarchy; one still holding container
+    cgroups stays (and shows up in the harness's leftovers)."""
+    relative = path.strip("/")
+    for directory in glob.glob(os.path.join(CGROUP_ROOT, relative)) + \
+            glob.glob(os.path.join(CGROUP_ROOT, "*", relative)):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            pass
+
+
+def read_cri_log(path):
+    """[(time, stream, tag, text)] of a CRI log file: lines of
+    "RFC3339NANO-TIME stdout|stderr F|P TEXT", P marking a partial line."""
+    with open(path) as f:
+        return [tuple(line.rstrip("\n").split(" ", 3)) for line in f]
