@@ -25,17 +25,7 @@ case "$VERSION" in
         ;;
 esac
 
-# Run a command silently, but show its output if it fails.
-quiet() {
-    local log rc=0
-    log=$(mktemp)
-    "$@" >"$log" 2>&1 || rc=$?
-    if ((rc)); then
-        cat "$log" >&2
-    fi
-    rm -f "$log"
-    return "$rc"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # True if DIR/containerd runs and is VERSION ("... 1.7.24~ds1 ...", "... 2.1.9+unknown").
 runs_version() {

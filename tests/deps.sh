@@ -25,17 +25,7 @@ if ! command -v rustup >/dev/null 2>&1 && [[ -f "$HOME/.cargo/env" ]]; then
     source "$HOME/.cargo/env"
 fi
 
-# Run a command silently, but show its output if it fails.
-quiet() {
-    local log rc=0
-    log=$(mktemp)
-    "$@" >"$log" 2>&1 || rc=$?
-    if ((rc)); then
-        cat "$log" >&2
-    fi
-    rm -f "$log"
-    return "$rc"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

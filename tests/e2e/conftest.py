@@ -108,3 +108,12 @@ def pytest_runtest_makereport(item, call):
         for ctd in [c for c in _current if c in used] or _current:
             title = "containerd (CRI) log (tail)" if ctd.cri else "containerd log (tail)"
             report.sections.append((title, ctd.log_tail()))
+
+
+@pytest.fixture
+def clean(ctd):
+    """Each scenario must leave no task, container, process, mount or cgroup."""
+    yield ctd
+    ctd.delete_all()
+    assert ctd.containers() == []
+    assert ctd.leftovers() == []

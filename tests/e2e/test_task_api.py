@@ -14,15 +14,6 @@ SLEEP = "wasmlet.test/sleep:latest"
 
 
 @pytest.fixture
-def clean(ctd):
-    """Each scenario must leave no task, container, process, mount or cgroup."""
-    yield ctd
-    ctd.delete_all()
-    assert ctd.containers() == []
-    assert ctd.leftovers() == []
-
-
-@pytest.fixture
 def api(ctd):
     client = Client(ctd.socket, ctd.namespace)
     yield client

@@ -24,15 +24,6 @@ HELLO_WASM = os.path.join(os.path.dirname(__file__), "..", "..", "images", "work
                           "wasm32-wasip1", "release", "hello.wasm")
 
 
-@pytest.fixture
-def clean(ctd):
-    """Each scenario must leave no task, container, process, mount or cgroup."""
-    yield ctd
-    ctd.delete_all()
-    assert ctd.containers() == []
-    assert ctd.leftovers() == []
-
-
 def test_hello_gets_args_and_env(clean):
     res = clean.run(HELLO, "hello-args", "/hello.wasm", "a", "b c",
                     env={"HELLO_NAME": "e2e", "HELLO_A": "1", "OTHER": "hidden"})
