@@ -14,11 +14,14 @@ SCRATCH="$OUT/image-files"
 WORKLOADS="$HERE/workloads"
 TARGET_DIR="$WORKLOADS/target"
 WASM_DIR="$TARGET_DIR/wasm32-wasip1/release"
+COMPONENT_DIR="$TARGET_DIR/wasm32-wasip2/release"
 NATIVE_HELLO="$TARGET_DIR/x86_64-unknown-linux-gnu/release/hello"
 PAUSE_SRC="$HERE/pause/pause.c"
 
 WASM_WORKLOADS=(hello exit-code trap sleep files memory-hog)
-BUSYBOX_APPLETS=(sh echo sleep cat true ls)
+# WASI 0.2 components (wasm32-wasip2).
+COMPONENT_WORKLOADS=(tcp-hello)
+BUSYBOX_APPLETS=(sh echo sleep cat true ls nc)
 
 log() { echo "build.sh: $*" >&2; }
 
@@ -29,10 +32,13 @@ apt_install() {
 }
 
 ensure_tools() {
-    if ! rustup target list --installed | grep -qx wasm32-wasip1; then
-        log "adding rust target wasm32-wasip1"
-        rustup target add wasm32-wasip1
-    fi
+    local target
+    for target in wasm32-wasip1 wasm32-wasip2; do
+        if ! rustup target list --installed | grep -qx "$target"; then
+            log "adding rust target $target"
+            rustup target add "$target"
+        fi
+    done
     # The plain `busybox` package is dynamically linked; we need the static one.
     if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed"; then
         apt_install busybox-static
@@ -46,6 +52,11 @@ build_workloads() (
     log "building wasm workloads"
     # Empty RUSTFLAGS: a caller's flags must not leak into the wasm build.
     RUSTFLAGS= cargo build --release --target wasm32-wasip1 --target-dir "$TARGET_DIR"
+    log "building wasm components"
+    local name
+    for name in "${COMPONENT_WORKLOADS[@]}"; do
+        RUSTFLAGS= cargo build --release --target wasm32-wasip2 --target-dir "$TARGET_DIR" -p "$name"
+    done
     log "building static native hello"
     RUSTFLAGS='-C target-feature=+crt-static' \
         cargo build --release --target x86_64-unknown-linux-gnu --target-dir "$TARGET_DIR" -p hello
@@ -60,6 +71,10 @@ pack_wasm_images() {
     for name in "${WASM_WORKLOADS[@]}"; do
         pack --name "wasmlet.test/$name:latest" --out "$IMAGES/$name.tar" \
             --file "/$name.wasm=$WASM_DIR/$name.wasm" --entrypoint "/$name.wasm"
+    done
+    for name in "${COMPONENT_WORKLOADS[@]}"; do
+        pack --name "wasmlet.test/$name:latest" --out "$IMAGES/$name.tar" \
+            --file "/$name.wasm=$COMPONENT_DIR/$name.wasm" --entrypoint "/$name.wasm"
     done
 }
 

@@ -81,7 +81,7 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
     let entry = workload::WasmEntry { path: module_path.into(), export: export.clone() };
     let wasm = workload::read_module(&rootfs, &entry).with_context(|| format!("read {module_path}"))?;
     let engine = engine::new_engine()?;
-    let (module, outcome) = engine::load(&engine, &Cache::from_env(), &wasm, &entry.path)?;
+    let (program, outcome) = engine::load(&engine, &Cache::from_env(), &wasm, &entry.path)?;
     let _ = writeln!(status, "log compiled code for {module_path}: cache {outcome:?}");
 
     privileges::ensure_single_thread()?;
@@ -100,7 +100,7 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
             cgroup::guest_memory_cap(limit, used)
         }),
     };
-    let prepared = engine::prepare(&engine, &module, &entry.path, export, &guest)?;
+    let prepared = engine::prepare(&engine, &program, &entry.path, export, &guest)?;
     privileges::drop_all(process.user())?;
     Ok((prepared, termination::path_of(&spec)))
 }

@@ -1,12 +1,16 @@
-//! wasmtime: the engine, loading a module through the node cache, and running
-//! one export with WASI preview 1, mapping the outcome to an exit code.
+//! wasmtime: the engine, loading a program (a core module or a WASI 0.2
+//! component) through the node cache, and running it, mapping the outcome
+//! to an exit code.
+
+mod component;
+mod module;
 
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{anyhow, Context, Result};
-use wasmtime::{Engine, Linker, Module, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
-use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use anyhow::{anyhow, bail, Context, Result};
+use wasmtime::component::Component;
+use wasmtime::{Engine, Module, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::cache::{Cache, Outcome};
@@ -25,15 +29,10 @@ pub struct Guest<'a> {
     pub memory_limit: Option<u64>,
 }
 
-struct State {
-    wasi: WasiP1Ctx,
-    limits: MemoryCap,
-}
-
 /// The store's limits, remembering whether a growth was refused by them.
-struct MemoryCap {
+pub(crate) struct MemoryCap {
     limits: StoreLimits,
-    reached: bool,
+    pub(crate) reached: bool,
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -48,12 +47,22 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// An instantiated module with its entry export, ready to run.
-pub struct Prepared {
-    store: Store<State>,
-    /// A reactor's `_initialize`, run just before a non-`_start` export.
-    init: Option<TypedFunc<(), ()>>,
-    entry: TypedFunc<(), ()>,
+/// A compiled program.
+pub enum Program {
+    Module(Module),
+    Component(Component),
+}
+
+/// An instantiated program, ready to run.
+pub enum Prepared {
+    Module(module::Prepared),
+    Component(component::Prepared),
+}
+
+/// A component's preamble: `\0asm`, then version 0x0d and layer 1 (a core
+/// module has version 1, layer 0).
+pub fn is_component(wasm: &[u8]) -> bool {
+    wasm.get(4..8) == Some(&[0x0d, 0x00, 0x01, 0x00])
 }
 
 pub fn new_engine() -> Result<Engine> {
@@ -64,61 +73,73 @@ pub fn new_engine() -> Result<Engine> {
 }
 
 /// Loads `wasm` (shown as `name` in errors) from the cache, compiling on a miss.
-pub fn load(engine: &Engine, cache: &Cache, wasm: &[u8], name: &Path) -> Result<(Module, Outcome)> {
+pub fn load(engine: &Engine, cache: &Cache, wasm: &[u8], name: &Path) -> Result<(Program, Outcome)> {
+    let component = is_component(wasm);
     let (artifact, outcome) = cache.artifact(engine, wasm, || {
-        engine.precompile_module(wasm).map_err(|e| anyhow!("invalid wasm module {}: {e:#}", name.display()))
+        let compiled = if component { engine.precompile_component(wasm) } else { engine.precompile_module(wasm) };
+        compiled.map_err(|e| anyhow!("invalid wasm module {}: {e:#}", name.display()))
     })?;
     // Safety: the artifact was written by this engine and its checksum was
     // verified just now; the cache never rewrites an entry in place.
-    let module = unsafe { Module::deserialize_file(engine, &artifact) }
+    let program = unsafe {
+        if component {
+            Component::deserialize_file(engine, &artifact).map(Program::Component)
+        } else {
+            Module::deserialize_file(engine, &artifact).map(Program::Module)
+        }
+    };
+    let program = program
         .map_err(anyhow::Error::from)
         .with_context(|| format!("load compiled {} from {}", name.display(), artifact.display()))?;
-    Ok((module, outcome))
+    Ok((program, outcome))
 }
 
-/// Instantiates `module` with WASI and finds `export`; every linking problem
-/// surfaces here, before the task is reported as created.
-pub fn prepare(engine: &Engine, module: &Module, name: &Path, export: &str, guest: &Guest) -> Result<Prepared> {
+/// Instantiates the program with WASI; every linking problem surfaces here,
+/// before the task is reported as created. A module runs `export`; a
+/// component runs `wasi:cli/run`.
+pub fn prepare(engine: &Engine, program: &Program, name: &Path, export: &str, guest: &Guest) -> Result<Prepared> {
+    match program {
+        Program::Module(module) => Ok(Prepared::Module(module::prepare(engine, module, name, export, guest)?)),
+        Program::Component(component) => {
+            if export != "_start" {
+                bail!("{} is a component, which runs wasi:cli/run: `#{export}` is for core modules", name.display());
+            }
+            Ok(Prepared::Component(component::prepare(engine, component, name, guest)?))
+        }
+    }
+}
+
+/// The WASI context every guest gets: argv, env, stdio, `/`, the pod's network.
+fn wasi_context(guest: &Guest) -> Result<WasiCtxBuilder> {
     let mut builder = WasiCtxBuilder::new();
     builder
         .args(guest.args)
         .envs(&split_env(guest.env))
         .inherit_stdio()
+        // The guest's network is its pod's network namespace, nothing more.
+        .inherit_network()
+        .allow_tcp(true)
+        .allow_udp(true)
+        .allow_ip_name_lookup(true)
         .allow_blocking_current_thread(true)
         .preopened_dir("/", "/", FsPerms::ReadWrite)
         .map_err(anyhow::Error::from)
         .context("preopen / for the guest")?;
     if guest.cwd != "/" && !guest.env.iter().any(|kv| kv.starts_with("PWD=")) {
-        // WASI preview 1 has no working directory: the spec's is passed as
-        // PWD for guests that look; wasi-libc itself starts at `/`.
+        // WASI has no working directory: the spec's is passed as PWD for
+        // guests that look; wasi-libc itself starts at `/`.
         builder.env("PWD", guest.cwd);
     }
+    Ok(builder)
+}
+
+/// The store limits of a guest: its memory cap, if any.
+fn memory_cap(guest: &Guest) -> MemoryCap {
     let mut limits = StoreLimitsBuilder::new();
     if let Some(bytes) = guest.memory_limit {
         limits = limits.memory_size(bytes as usize);
     }
-    let cap = MemoryCap { limits: limits.build(), reached: false };
-    let mut store = Store::new(engine, State { wasi: builder.build_p1(), limits: cap });
-    store.limiter(|s| &mut s.limits);
-
-    let mut linker: Linker<State> = Linker::new(engine);
-    p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;
-    let instance = linker
-        .instantiate(&mut store, module)
-        .map_err(|e| anyhow!("cannot satisfy the imports of {}: {e:#}", name.display()))?;
-    // A reactor initialises itself before any other export is called; that
-    // is guest code, so it runs in `run`, after privileges are dropped.
-    let init = match export {
-        "_start" => None,
-        _ => instance.get_typed_func::<(), ()>(&mut store, "_initialize").ok(),
-    };
-    let func = instance
-        .get_func(&mut store, export)
-        .ok_or_else(|| anyhow!("export `{export}` not found in {}", name.display()))?;
-    let entry = func
-        .typed::<(), ()>(&store)
-        .map_err(|_| anyhow!("export `{export}` of {} must take no parameters and return nothing", name.display()))?;
-    Ok(Prepared { store, init, entry })
+    MemoryCap { limits: limits.build(), reached: false }
 }
 
 /// How the guest ended: its exit code and, when it failed, why.
@@ -132,7 +153,7 @@ pub struct Ended {
 
 /// Runs the entry export. A failure (trap, out of memory, host error) is
 /// also printed on stderr, with the wasm backtrace.
-pub fn run(mut prepared: Prepared) -> Ended {
+pub fn run(prepared: Prepared) -> Ended {
     // WASI's blocking calls (poll_oneoff, sockets) are driven by tokio. Left
     // alone, wasmtime-wasi starts a runtime with a worker per core; one
     // worker is plenty for one guest and keeps an idle instance small.
@@ -141,14 +162,13 @@ pub fn run(mut prepared: Prepared) -> Ended {
         Err(err) => return failed(1, format!("start the I/O runtime: {err}"), false),
     };
     let _context = runtime.enter();
-    let store = &mut prepared.store;
-    let result = match prepared.init {
-        Some(init) => init.call(&mut *store, ()).and_then(|()| prepared.entry.call(&mut *store, ())),
-        None => prepared.entry.call(&mut *store, ()),
+    let (result, cap_reached) = match prepared {
+        Prepared::Module(module) => module.run(),
+        Prepared::Component(component) => component.run(),
     };
     match result {
         Ok(()) => Ended { code: 0, error: None, out_of_memory: false },
-        Err(err) => ended_by(&err, prepared.store.data().limits.reached),
+        Err(err) => ended_by(&err, cap_reached),
     }
 }
 
@@ -180,7 +200,7 @@ mod tests {
 
     fn run_wat(wat: &str, export: &str, memory_limit: Option<u64>) -> Result<i32> {
         let engine = new_engine()?;
-        let module = Module::new(&engine, wat::parse_str(wat)?)?;
+        let module = Program::Module(Module::new(&engine, wat::parse_str(wat)?)?);
         let guest = Guest { args: &["m".into()], env: &[], cwd: "/", memory_limit };
         Ok(run(prepare(&engine, &module, Path::new("/m.wasm"), export, &guest)?).code)
     }
@@ -238,6 +258,13 @@ mod tests {
             (func (export "_start") (if (i32.eq (memory.grow (i32.const 2)) (i32.const -1)) (then unreachable))))"#;
         assert_eq!(run_wat(wat, "_start", Some(64 * 1024)).unwrap(), OUT_OF_MEMORY_EXIT_CODE);
         assert_eq!(run_wat(wat, "_start", None).unwrap(), 0);
+    }
+
+    #[test]
+    fn components_are_told_from_modules() {
+        assert!(is_component(b"\0asm\x0d\0\x01\0rest"));
+        assert!(!is_component(b"\0asm\x01\0\0\0rest"));
+        assert!(!is_component(b"\0asm"));
     }
 
     #[test]

@@ -1,0 +1,54 @@
+//! A WASI 0.2 component that exports `wasi:cli/run`: instantiate, run.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store};
+use wasmtime_wasi::p2::bindings::sync::Command;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::{memory_cap, wasi_context, Guest, MemoryCap};
+
+struct State {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: MemoryCap,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
+    }
+}
+
+/// An instantiated command component.
+pub struct Prepared {
+    store: Store<State>,
+    command: Command,
+}
+
+pub fn prepare(engine: &Engine, component: &Component, name: &Path, guest: &Guest) -> Result<Prepared> {
+    let ctx = wasi_context(guest)?.build();
+    let mut store = Store::new(engine, State { ctx, table: ResourceTable::new(), limits: memory_cap(guest) });
+    store.limiter(|s| &mut s.limits);
+
+    let mut linker: Linker<State> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    let command = Command::instantiate(&mut store, component, &linker)
+        .map_err(|e| anyhow!("cannot run {} as a wasi:cli command: {e:#}", name.display()))?;
+    Ok(Prepared { store, command })
+}
+
+impl Prepared {
+    /// Runs `wasi:cli/run`; its plain failure is exit code 1, as for a
+    /// command. Also says whether the memory cap refused a growth.
+    pub fn run(mut self) -> (wasmtime::Result<()>, bool) {
+        let result = match self.command.wasi_cli_run().call_run(&mut self.store) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(())) => Err(wasmtime_wasi::I32Exit(1).into()),
+            Err(err) => Err(err),
+        };
+        (result, self.store.data().limits.reached)
+    }
+}

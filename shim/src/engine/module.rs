@@ -1,0 +1,59 @@
+//! A core module with WASI preview 1: instantiate, find the export, run it.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use wasmtime::{Engine, Linker, Module, Store, TypedFunc};
+use wasmtime_wasi::p1::{self, WasiP1Ctx};
+
+use super::{memory_cap, wasi_context, Guest, MemoryCap};
+
+struct State {
+    wasi: WasiP1Ctx,
+    limits: MemoryCap,
+}
+
+/// An instantiated module with its entry export.
+pub struct Prepared {
+    store: Store<State>,
+    /// A reactor's `_initialize`, run just before a non-`_start` export.
+    init: Option<TypedFunc<(), ()>>,
+    entry: TypedFunc<(), ()>,
+}
+
+pub fn prepare(engine: &Engine, module: &Module, name: &Path, export: &str, guest: &Guest) -> Result<Prepared> {
+    let wasi = wasi_context(guest)?.build_p1();
+    let mut store = Store::new(engine, State { wasi, limits: memory_cap(guest) });
+    store.limiter(|s| &mut s.limits);
+
+    let mut linker: Linker<State> = Linker::new(engine);
+    p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;
+    let instance = linker
+        .instantiate(&mut store, module)
+        .map_err(|e| anyhow!("cannot satisfy the imports of {}: {e:#}", name.display()))?;
+    // A reactor initialises itself before any other export is called; that
+    // is guest code, so it runs in `run`, after privileges are dropped.
+    let init = match export {
+        "_start" => None,
+        _ => instance.get_typed_func::<(), ()>(&mut store, "_initialize").ok(),
+    };
+    let func = instance
+        .get_func(&mut store, export)
+        .ok_or_else(|| anyhow!("export `{export}` not found in {}", name.display()))?;
+    let entry = func
+        .typed::<(), ()>(&store)
+        .map_err(|_| anyhow!("export `{export}` of {} must take no parameters and return nothing", name.display()))?;
+    Ok(Prepared { store, init, entry })
+}
+
+impl Prepared {
+    /// Runs the export; also says whether the memory cap refused a growth.
+    pub fn run(mut self) -> (wasmtime::Result<()>, bool) {
+        let store = &mut self.store;
+        let result = match self.init {
+            Some(init) => init.call(&mut *store, ()).and_then(|()| self.entry.call(&mut *store, ())),
+            None => self.entry.call(&mut *store, ()),
+        };
+        (result, self.store.data().limits.reached)
+    }
+}
