@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Run wasm tasks (wasmlet) next to runc tasks on a private containerd and
+"""Run wasm tasks (wasmlet) next to runc tasks on a private containerd, then
+wasm, hybrid and runc pods through containerd's CRI as kubelet would, and
 print what each did. Needs the shim built and out/images filled:
 `make demo` does both first.
 """
@@ -13,7 +14,9 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "e2e"))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(TESTS, "e2e"))
+sys.path.insert(0, os.path.join(TESTS, "cri"))
 
 from harness import REPO_ROOT, RUNC_RUNTIME, SHIM_NAME, WASM_RUNTIME, Containerd  # noqa: E402
 
@@ -93,6 +96,74 @@ class Demo:
                 print(f"  {task}: " + text.replace("\n", "\n    "))
 
 
+MANIFESTS = os.path.join(TESTS, "cri", "manifests")
+
+
+def run_pods():
+    """The pods part: a wasm pod, a hybrid pod (wasm server + runc sidecar)
+    and a runc pod, from the manifests in tests/cri/manifests."""
+    from kubelet import Kubelet, read_cri_log, v1  # generates the CRI stubs
+    from pods import Pod
+
+    ctd = Containerd(cri=True)
+    atexit.register(ctd.stop)
+    ctd.import_images(IMAGES_DIR)
+    kubelet = Kubelet(ctd.socket, os.path.join(ctd.dir, "kubelet"), ctd.pod_cgroup_root)
+    rows = []
+
+    def completed(manifest):
+        pod = Pod.load(os.path.join(MANIFESTS, manifest))
+        sandbox = kubelet.run_pod_sandbox(pod)
+        try:
+            (name,) = pod.containers
+            container = kubelet.create_container(pod, sandbox, name)
+            kubelet.start_container(container)
+            status = kubelet.wait_container(container)
+            log = " | ".join(entry[3] for entry in read_cri_log(kubelet.log_path(pod, name)))
+            return f"exit {status.exit_code} ({status.reason}); log: {log}"
+        finally:
+            kubelet.stop_pod_sandbox(sandbox)
+            kubelet.remove_pod_sandbox(sandbox)
+
+    def hybrid():
+        pod = Pod.load(os.path.join(MANIFESTS, "hybrid-tcp.yaml"))
+        sandbox = kubelet.run_pod_sandbox(pod)
+        try:
+            ids = {}
+            for name in ("server", "sidecar"):
+                ids[name] = kubelet.create_container(pod, sandbox, name)
+                kubelet.start_container(ids[name])
+            request = v1.ExecSyncRequest(container_id=ids["sidecar"], timeout=10,
+                                         cmd=["/bin/sh", "-c", "nc 127.0.0.1 8080 </dev/null"])
+            for _ in range(50):  # the server may not listen yet
+                res = kubelet.runtime.ExecSync(request, timeout=30)
+                if res.exit_code == 0:
+                    break
+                time.sleep(0.1)
+            return f"sidecar `nc 127.0.0.1 8080` got: {res.stdout.decode().strip()!r}"
+        finally:
+            kubelet.stop_pod_sandbox(sandbox)
+            kubelet.remove_pod_sandbox(sandbox)
+
+    for manifest, handler, what in [("hello-wasm.yaml", "wasmlet", completed),
+                                     ("hybrid-tcp.yaml", "wasmlet", lambda _: hybrid()),
+                                     ("busybox-echo.yaml", "runc", completed)]:
+        try:
+            result = what(manifest)
+        except Exception as e:
+            result = f"error: {printable(str(e))}"
+        rows.append((manifest, handler, result))
+    kubelet.close()
+    left = ctd.leftovers()
+    ctd.stop()
+    print()
+    header = ("POD MANIFEST", "HANDLER", "WHAT HAPPENED")
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(2)]
+    for row in [header] + rows:
+        print(f"{row[0].ljust(widths[0])}  {row[1].ljust(widths[1])}  {row[2]}")
+    print("\npods leftovers: " + ("none" if not left else "\n  " + "\n  ".join(left)))
+
+
 def main():
     if not glob.glob(os.path.join(IMAGES_DIR, "*.tar")):
         sys.exit(f"no images in {IMAGES_DIR}: run make images")
@@ -140,6 +211,7 @@ def main():
     left = ctd.leftovers()
     print("leftovers: " + ("none" if not left else "\n  " + "\n  ".join(left)))
     ctd.stop()
+    run_pods()
 
 
 if __name__ == "__main__":
