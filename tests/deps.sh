@@ -15,6 +15,8 @@ GRPC_PACKAGES=(grpcio==1.85.3 protobuf==3.20.3 containerd==1.5.3)
 GRPC_TOOLS=(grpcio-tools==1.49.1 "setuptools<81")
 # Reads the Pod manifests of the CRI tests (tests/cri/pods.py).
 PYYAML=PyYAML==6.0.3
+# CRI streaming exec speaks WebSocket (channel.k8s.io).
+WEBSOCKET_CLIENT=websocket-client==1.9.2
 # jq and iproute2 for the test CNI plugin (tests/cri/cni/wasmlet-loopback).
 APT_PACKAGES=(containerd runc protobuf-compiler busybox-static jq iproute2)
 WASM_TARGETS=(wasm32-wasip1 wasm32-wasip2)
@@ -54,22 +56,20 @@ else
     exit 1
 fi
 
-if ! python3 -c 'import pytest' >/dev/null 2>&1; then
-    echo "deps: installing pytest==$PYTEST_VERSION"
-    quiet env PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore "pytest==$PYTEST_VERSION"
-fi
+# Installs pinned Python packages unless `import MODULES` already works.
+# PIP_BREAK_SYSTEM_PACKAGES: Debian marks its system python as externally
+# managed; this suite's packages are pinned and test-only.
+pip_install_unless() {
+    local modules=$1
+    shift
+    if ! python3 -c "import $modules" >/dev/null 2>&1; then
+        echo "deps: installing $*"
+        quiet env PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore "$@"
+    fi
+}
 
-if ! python3 -c 'import grpc, containerd.services.tasks.v1.tasks_pb2' >/dev/null 2>&1; then
-    echo "deps: installing ${GRPC_PACKAGES[*]}"
-    quiet env PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore "${GRPC_PACKAGES[@]}"
-fi
-
-if ! python3 -c 'import grpc_tools.protoc' >/dev/null 2>&1; then
-    echo "deps: installing ${GRPC_TOOLS[*]}"
-    quiet env PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore --no-deps "${GRPC_TOOLS[@]}"
-fi
-
-if ! python3 -c 'import yaml' >/dev/null 2>&1; then
-    echo "deps: installing $PYYAML"
-    quiet env PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --root-user-action=ignore "$PYYAML"
-fi
+pip_install_unless pytest "pytest==$PYTEST_VERSION"
+pip_install_unless "grpc, containerd.services.tasks.v1.tasks_pb2" "${GRPC_PACKAGES[@]}"
+pip_install_unless grpc_tools.protoc --no-deps "${GRPC_TOOLS[@]}"
+pip_install_unless yaml "$PYYAML"
+pip_install_unless websocket "$WEBSOCKET_CLIENT"
