@@ -181,7 +181,10 @@ impl Service {
         let state = self.state.clone();
         let forget: ForgetPid = Arc::new(move |pid| state.lock().unwrap().discard(pid));
         let runc = Arc::new(Runc::new(req.options.as_ref(), &self.namespace, forget)?);
-        let pid = runc.create(&req.id, bundle, &io)?;
+        let pid = runc.create(&req.id, bundle, &io).inspect_err(|_| {
+            // runc may have kept state for the half-made container.
+            let _ = runc.delete(&req.id, bundle);
+        })?;
         // runc owns this cgroup; the path is kept for Stats.
         let cgroup_path = cgroup::path_of(spec).ok().flatten();
         self.register(Task::native(req.id.clone(), bundle.to_path_buf(), io, cgroup_path, pid, runc))
