@@ -9,6 +9,8 @@ read like the pod lifecycle:
     sandbox_id = kubelet.run_pod_sandbox(pod)
     container_id = kubelet.create_container(pod, sandbox_id, "echo")
     kubelet.start_container(container_id)
+    # while it runs: exec_sync(container_id, cmd) as exec probes use it,
+    # container_stats(container_id) as kubectl top reads it
     status = kubelet.wait_container(container_id)   # until it exits
     kubelet.stop_pod_sandbox(sandbox_id)
     kubelet.remove_pod_sandbox(sandbox_id)
@@ -19,6 +21,7 @@ Images are never pulled: they must be in containerd's k8s.io namespace.
 """
 
 import glob
+import json
 import os
 import shutil
 import time
@@ -150,6 +153,35 @@ class Kubelet:
 
     def remove_container(self, container_id):
         self._call(self.runtime.RemoveContainer, v1.RemoveContainerRequest(container_id=container_id))
+
+    def container_info(self, container_id):
+        """The runtime's verbose details of a container (what `crictl inspect`
+        shows under "info"), e.g. its "pid"."""
+        response = self._call(self.runtime.ContainerStatus,
+                              v1.ContainerStatusRequest(container_id=container_id, verbose=True))
+        return json.loads(response.info["info"])
+
+    def pod_sandbox_info(self, sandbox_id):
+        """The runtime's verbose details of a sandbox, e.g. its "pid"."""
+        response = self._call(self.runtime.PodSandboxStatus,
+                              v1.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=True))
+        return json.loads(response.info["info"])
+
+    def exec_sync(self, container_id, cmd, timeout=10):
+        """ExecSync, as exec probes and `kubectl exec` without a tty use it;
+        returns the response (stdout, stderr as bytes, exit_code)."""
+        return self._call(self.runtime.ExecSync, v1.ExecSyncRequest(
+            container_id=container_id, cmd=cmd, timeout=timeout))
+
+    def container_stats(self, container_id):
+        """ContainerStats: cpu, memory and filesystem use, as the summary API reads them."""
+        return self._call(self.runtime.ContainerStats,
+                          v1.ContainerStatsRequest(container_id=container_id)).stats
+
+    def list_container_stats(self, sandbox_id=""):
+        """ListContainerStats of every container, or of one pod's."""
+        request = v1.ListContainerStatsRequest(filter=v1.ContainerStatsFilter(pod_sandbox_id=sandbox_id))
+        return self._call(self.runtime.ListContainerStats, request).stats
 
 
 def remove_cgroup(path):
