@@ -44,8 +44,27 @@ struct Tasks {
     unclaimed: HashMap<u32, Exit>,
     /// Pids of instances whose setup failed: their exits are dropped.
     discarded: HashSet<u32>,
-    /// Creates in flight, so that Shutdown never ends a shim about to get a task.
-    creating: usize,
+    /// Requests in flight (Create, Start, Kill, Delete), so that Shutdown
+    /// never ends the daemon before it has answered them.
+    in_flight: usize,
+    /// Shutdown came while requests were in flight: the last one ends the daemon.
+    shutdown_requested: bool,
+}
+
+struct InFlight<'a> {
+    state: &'a Mutex<Tasks>,
+    shutdown: &'a ExitSignal,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut tasks = self.state.lock().unwrap();
+        tasks.in_flight -= 1;
+        if tasks.shutdown_requested && tasks.in_flight == 0 && tasks.by_id.is_empty() {
+            info!("last request answered: shim exits");
+            self.shutdown.signal();
+        }
+    }
 }
 
 impl Tasks {
@@ -121,6 +140,12 @@ impl Service {
         });
     }
 
+    /// Marks a request in flight until the guard is dropped.
+    fn busy(&self) -> InFlight<'_> {
+        self.state.lock().unwrap().in_flight += 1;
+        InFlight { state: &self.state, shutdown: &self.shutdown }
+    }
+
     fn task(&self, id: &str) -> TtrpcResult<Arc<Task>> {
         self.state.lock().unwrap().by_id.get(id).cloned().ok_or_else(|| rpc_error(Code::NOT_FOUND, format!("task {id} not found")))
     }
@@ -193,6 +218,7 @@ impl Service {
     fn register(&self, task: Task) -> anyhow::Result<Arc<Task>> {
         let task = Arc::new(task);
         let mut tasks = self.state.lock().unwrap();
+        tasks.shutdown_requested = false;
         if let Some(exit) = tasks.unclaimed.remove(&task.pid) {
             task.exited(exit);
         }
@@ -230,9 +256,8 @@ fn remove_cgroup_when_empty(path: &str) {
 impl TaskApi for Service {
     fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TtrpcResult<CreateTaskResponse> {
         info!(task = %req.id, bundle = %req.bundle, "create");
-        self.state.lock().unwrap().creating += 1;
+        let _busy = self.busy();
         let created = self.create_task(&req);
-        self.state.lock().unwrap().creating -= 1;
         let task = created.map_err(|err| {
             warn!(task = %req.id, "create failed: {err:#}");
             rpc_error(Code::FAILED_PRECONDITION, format!("wasmlet: {err:#}"))
@@ -255,6 +280,7 @@ impl TaskApi for Service {
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        let _busy = self.busy();
         let task = self.task(&req.id)?;
         if !req.exec_id.is_empty() {
             let pid = self.exec_start(&task, &req.exec_id)?;
@@ -267,6 +293,7 @@ impl TaskApi for Service {
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        let _busy = self.busy();
         let task = self.task(&req.id)?;
         if !req.exec_id.is_empty() {
             return exec::kill(&*exec::find(&task, &req.exec_id)?, req.signal).map(|()| Empty::new());
@@ -286,6 +313,7 @@ impl TaskApi for Service {
     }
 
     fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        let _busy = self.busy();
         let task = self.task(&req.id)?;
         if !req.exec_id.is_empty() {
             return exec::delete(&task, &req.exec_id);
@@ -371,10 +399,12 @@ impl TaskApi for Service {
     }
 
     fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
-        let tasks = self.state.lock().unwrap();
-        if tasks.by_id.is_empty() && tasks.creating == 0 {
+        let mut tasks = self.state.lock().unwrap();
+        if tasks.by_id.is_empty() && tasks.in_flight == 0 {
             info!("last task gone: shim exits");
             self.shutdown.signal();
+        } else if tasks.by_id.is_empty() {
+            tasks.shutdown_requested = true;
         }
         Ok(Empty::new())
     }
