@@ -127,12 +127,8 @@ def run_pods():
 
     def hybrid():
         pod = Pod.load(os.path.join(MANIFESTS, "hybrid-tcp.yaml"))
-        sandbox = kubelet.run_pod_sandbox(pod)
+        sandbox, ids = kubelet.run_pod(pod)
         try:
-            ids = {}
-            for name in ("server", "sidecar"):
-                ids[name] = kubelet.create_container(pod, sandbox, name)
-                kubelet.start_container(ids[name])
             request = v1.ExecSyncRequest(container_id=ids["sidecar"], timeout=10,
                                          cmd=["/bin/sh", "-c", "nc 127.0.0.1 8080 </dev/null"])
             for _ in range(50):  # the server may not listen yet

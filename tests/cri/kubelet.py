@@ -128,6 +128,16 @@ class Kubelet:
         return self._call(self.runtime.CreateContainer, v1.CreateContainerRequest(
             pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config)).container_id
 
+    def run_pod(self, pod):
+        """RunPodSandbox, then create and start every container in manifest
+        order; returns (sandbox id, {container name: container id})."""
+        sandbox = self.run_pod_sandbox(pod)
+        ids = {}
+        for name in pod.containers:
+            ids[name] = self.create_container(pod, sandbox, name)
+            self.start_container(ids[name])
+        return sandbox, ids
+
     def start_container(self, container_id):
         self._call(self.runtime.StartContainer, v1.StartContainerRequest(container_id=container_id))
 

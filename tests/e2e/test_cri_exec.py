@@ -38,12 +38,8 @@ def stream_exec(kubelet, container_id, *cmd):
 def test_streaming_exec_into_the_sidecar_and_refusal_for_wasm(cri):
     kubelet = cri.kubelet
     pod = Pod.load(MANIFEST)
-    sandbox = kubelet.run_pod_sandbox(pod)
+    sandbox, ids = kubelet.run_pod(pod)
     try:
-        ids = {}
-        for name in ("server", "sidecar"):
-            ids[name] = kubelet.create_container(pod, sandbox, name)
-            kubelet.start_container(ids[name])
         stdout, stderr, status = stream_exec(kubelet, ids["sidecar"], "/bin/sh", "-c", "echo out; echo err >&2")
         assert (stdout, stderr, status.get("status")) == ("out\n", "err\n", "Success"), status
         _, _, status = stream_exec(kubelet, ids["sidecar"], "/bin/sh", "-c", "exit 3")

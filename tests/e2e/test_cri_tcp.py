@@ -19,12 +19,8 @@ def exec_sync(kubelet, container_id, *cmd):
 def test_sidecar_reaches_the_wasm_server_on_loopback(cri):
     kubelet = cri.kubelet
     pod = Pod.load(MANIFEST)
-    sandbox = kubelet.run_pod_sandbox(pod)
+    sandbox, ids = kubelet.run_pod(pod)
     try:
-        ids = {}
-        for name in ("server", "sidecar"):
-            ids[name] = kubelet.create_container(pod, sandbox, name)
-            kubelet.start_container(ids[name])
         deadline = time.monotonic() + 10
         while True:
             res = exec_sync(kubelet, ids["sidecar"], "/bin/sh", "-c", "nc 127.0.0.1 8080 </dev/null")
