@@ -348,8 +348,8 @@ def timed_pod(ctd, kubelet, side, name):
     what = f"{side} pod {name}"
     try:
         start = time.perf_counter()
-        sandbox_id, container_ids = kubelet.run_pod(pod)
-        container_id = container_ids[CONTAINER]
+        sandbox_id = kubelet.run_pod_sandbox(pod)
+        container_id = kubelet.start_containers(pod, sandbox_id)[CONTAINER]
         watcher.join(FIRST_LINE_TIMEOUT)
         if watcher.line is None:
             status = kubelet.container_status(container_id)
@@ -404,9 +404,9 @@ def bench_idle_pods_side(ctd, kubelet, side, count):
     sandboxes, containers = [], []
     try:
         for i in range(count):
-            sandbox_id, container_ids = kubelet.run_pod(pod_for(f"idle-{side}-{i}", side, SLEEP))
-            sandboxes.append(sandbox_id)
-            containers.append(container_ids[CONTAINER])
+            pod = pod_for(f"idle-{side}-{i}", side, SLEEP)
+            sandboxes.append(kubelet.run_pod_sandbox(pod))
+            containers.append(kubelet.start_containers(pod, sandboxes[-1])[CONTAINER])
         wait_pods_running(ctd, kubelet, side, containers)
     except grpc.RpcError as e:
         raise cri_failure(ctd, f"starting {side} idle pods", e) from None

@@ -102,7 +102,7 @@ MANIFESTS = os.path.join(TESTS, "cri", "manifests")
 def run_pods():
     """The pods part: a wasm pod, a hybrid pod (wasm server + runc sidecar)
     and a runc pod, from the manifests in tests/cri/manifests."""
-    from kubelet import Kubelet, read_cri_log, v1  # generates the CRI stubs
+    from kubelet import Kubelet, read_cri_log  # generates the CRI stubs
     from pods import Pod
 
     ctd = Containerd(cri=True)
@@ -113,33 +113,24 @@ def run_pods():
 
     def completed(manifest):
         pod = Pod.load(os.path.join(MANIFESTS, manifest))
-        sandbox = kubelet.run_pod_sandbox(pod)
-        try:
-            (name,) = pod.containers
-            container = kubelet.create_container(pod, sandbox, name)
-            kubelet.start_container(container)
+        (name,) = pod.containers
+        with kubelet.running_pod(pod) as sandbox:
+            container = kubelet.start_containers(pod, sandbox)[name]
             status = kubelet.wait_container(container)
             log = " | ".join(entry[3] for entry in read_cri_log(kubelet.log_path(pod, name)))
             return f"exit {status.exit_code} ({status.reason}); log: {log}"
-        finally:
-            kubelet.stop_pod_sandbox(sandbox)
-            kubelet.remove_pod_sandbox(sandbox)
 
     def hybrid():
         pod = Pod.load(os.path.join(MANIFESTS, "hybrid-tcp.yaml"))
-        sandbox, ids = kubelet.run_pod(pod)
-        try:
-            request = v1.ExecSyncRequest(container_id=ids["sidecar"], timeout=10,
-                                         cmd=["/bin/sh", "-c", "nc 127.0.0.1 8080 </dev/null"])
+        with kubelet.running_pod(pod) as sandbox:
+            ids = kubelet.start_containers(pod, sandbox)
+            command = ["/bin/sh", "-c", "nc 127.0.0.1 8080 </dev/null"]
             for _ in range(50):  # the server may not listen yet
-                res = kubelet.runtime.ExecSync(request, timeout=30)
+                res = kubelet.exec_sync(ids["sidecar"], command)
                 if res.exit_code == 0:
                     break
                 time.sleep(0.1)
             return f"sidecar `nc 127.0.0.1 8080` got: {res.stdout.decode().strip()!r}"
-        finally:
-            kubelet.stop_pod_sandbox(sandbox)
-            kubelet.remove_pod_sandbox(sandbox)
 
     for manifest, handler, what in [("hello-wasm.yaml", "wasmlet", completed),
                                      ("hybrid-tcp.yaml", "wasmlet", lambda _: hybrid()),

@@ -44,11 +44,9 @@ pub fn create_and_join(path: &str, resources: Option<&LinuxResources>, pid: u32)
 /// Whether the kernel's OOM killer has killed a process in the cgroup
 /// (the `oom_kill` count of memory.oom_control on v1, memory.events on v2).
 pub fn oom_killed(path: &str) -> bool {
-    let counters = ["memory/{path}/memory.oom_control", "{path}/memory.events"];
-    counters.iter().any(|file| {
-        let file = Path::new(CGROUP_ROOT).join(file.replace("{path}", path));
-        std::fs::read_to_string(file).is_ok_and(|text| stat_field(&text, "oom_kill") > 0)
-    })
+    let root = Path::new(CGROUP_ROOT);
+    let counters = [root.join("memory").join(path).join("memory.oom_control"), root.join(path).join("memory.events")];
+    counters.iter().any(|file| std::fs::read_to_string(file).is_ok_and(|text| stat_field(&text, "oom_kill") > 0))
 }
 
 /// The processes in the cgroup.

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use containerd_shim::api::Status;
@@ -65,14 +64,10 @@ impl Exec {
         (status, state.pid.unwrap_or(0), state.exit.clone())
     }
 
-    /// Blocks until the process has exited, or until `timeout` when given.
-    pub fn wait(&self, timeout: Option<Duration>) -> Option<Exit> {
-        let state = self.state.lock().unwrap();
-        let state = match timeout {
-            None => self.exited.wait_while(state, |s| s.exit.is_none()).unwrap(),
-            Some(t) => self.exited.wait_timeout_while(state, t, |s| s.exit.is_none()).unwrap().0,
-        };
-        state.exit.clone()
+    /// Blocks until the process has exited.
+    pub fn wait(&self) -> Exit {
+        let state = self.exited.wait_while(self.state.lock().unwrap(), |s| s.exit.is_none()).unwrap();
+        state.exit.clone().expect("waited for an exit")
     }
 
     /// Removes the files this exec left in the bundle.

@@ -20,15 +20,19 @@ use crate::workload::WasmEntry;
 #[derive(Debug)]
 pub struct Launched {
     pub pid: u32,
-    start: File,
+    pub start: StartPipe,
     /// The status pipe after `ok`: read once the instance has exited.
-    pub late_report: Option<File>,
+    pub late_report: File,
 }
 
-impl Launched {
+/// The shim's end of an instance's start pipe.
+#[derive(Debug)]
+pub struct StartPipe(File);
+
+impl StartPipe {
     /// Lets the guest run.
     pub fn start(mut self) -> Result<()> {
-        self.start.write_all(b"s").context("signal the instance process to start")
+        self.0.write_all(b"s").context("signal the instance process to start")
     }
 }
 
@@ -43,7 +47,7 @@ pub fn launch(bundle: &Path, entry: &WasmEntry, io: &IoPaths, on_log: impl Fn(&s
     let report = handshake::parse(&stream);
     report.logs.iter().for_each(|l| on_log(l));
     match report.result {
-        Ok(()) => Ok(Launched { pid, start: File::from(pipes.start_write), late_report: Some(status) }),
+        Ok(()) => Ok(Launched { pid, start: StartPipe(File::from(pipes.start_write)), late_report: status }),
         Err(msg) => Err((Some(pid), anyhow::anyhow!(msg))),
     }
 }

@@ -11,7 +11,7 @@ use containerd_shim::api::Status;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 
 use crate::exec::Exec;
-use crate::launch::Launched;
+use crate::launch::{Launched, StartPipe};
 use crate::runc::Runc;
 use crate::stdio::IoPaths;
 
@@ -33,7 +33,7 @@ pub enum Runtime {
 #[derive(Debug)]
 enum Phase {
     /// Set up and waiting for Start (a wasm instance holds its start pipe).
-    Created(Option<Launched>),
+    Created(Option<StartPipe>),
     Running,
     Stopped(Exit),
 }
@@ -49,7 +49,8 @@ pub struct Task {
     pub runtime: Runtime,
     /// Exec processes by exec id (native containers only).
     pub execs: Mutex<HashMap<String, Arc<Exec>>>,
-    /// A wasm instance's status pipe, which may say `oom` before exit.
+    /// A wasm instance's status pipe, which may say `oom` before exit;
+    /// taken when the exit is handled.
     late_report: Mutex<Option<std::fs::File>>,
     phase: Mutex<Phase>,
     exited: Condvar,
@@ -66,10 +67,10 @@ pub enum PhaseError {
 }
 
 impl Task {
-    pub fn wasm(id: String, bundle: PathBuf, io: IoPaths, cgroup: Option<String>, mut launched: Launched) -> Self {
-        let pid = launched.pid;
-        let late_report = Mutex::new(launched.late_report.take());
-        let phase = Mutex::new(Phase::Created(Some(launched)));
+    pub fn wasm(id: String, bundle: PathBuf, io: IoPaths, cgroup: Option<String>, launched: Launched) -> Self {
+        let Launched { pid, start, late_report } = launched;
+        let late_report = Mutex::new(Some(late_report));
+        let phase = Mutex::new(Phase::Created(Some(start)));
         Task { id, bundle, io, pid, cgroup, runtime: Runtime::Wasm, execs: Mutex::default(), late_report, phase, exited: Condvar::new() }
     }
 
@@ -84,7 +85,7 @@ impl Task {
     pub fn start(&self) -> anyhow::Result<()> {
         let mut phase = self.phase.lock().unwrap();
         match std::mem::replace(&mut *phase, Phase::Running) {
-            Phase::Created(Some(launched)) => launched.start(),
+            Phase::Created(Some(pipe)) => pipe.start(),
             Phase::Created(None) => match &self.runtime {
                 Runtime::Native(runc) => runc.start(&self.id, &self.bundle),
                 Runtime::Wasm => anyhow::bail!("task {} has no instance to start", self.id),
@@ -116,24 +117,15 @@ impl Task {
 
     /// Blocks until the task has exited, or until `timeout` when one is given.
     pub fn wait(&self, timeout: Option<Duration>) -> Option<Exit> {
-        let mut phase = self.phase.lock().unwrap();
-        loop {
-            if let Phase::Stopped(exit) = &*phase {
-                return Some(exit.clone());
-            }
-            phase = match timeout {
-                None => self.exited.wait(phase).unwrap(),
-                Some(t) => {
-                    let (guard, result) = self.exited.wait_timeout(phase, t).unwrap();
-                    if result.timed_out() {
-                        return match &*guard {
-                            Phase::Stopped(exit) => Some(exit.clone()),
-                            _ => None,
-                        };
-                    }
-                    guard
-                }
-            };
+        let running = |phase: &mut Phase| !matches!(phase, Phase::Stopped(_));
+        let phase = self.phase.lock().unwrap();
+        let phase = match timeout {
+            None => self.exited.wait_while(phase, running).unwrap(),
+            Some(t) => self.exited.wait_timeout_while(phase, t, running).unwrap().0,
+        };
+        match &*phase {
+            Phase::Stopped(exit) => Some(exit.clone()),
+            _ => None,
         }
     }
 

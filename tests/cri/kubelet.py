@@ -20,6 +20,7 @@ Failed calls raise grpc.RpcError; .details() holds containerd's message.
 Images are never pulled: they must be in containerd's k8s.io namespace.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -128,15 +129,25 @@ class Kubelet:
         return self._call(self.runtime.CreateContainer, v1.CreateContainerRequest(
             pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config)).container_id
 
-    def run_pod(self, pod):
-        """RunPodSandbox, then create and start every container in manifest
-        order; returns (sandbox id, {container name: container id})."""
-        sandbox = self.run_pod_sandbox(pod)
+    @contextlib.contextmanager
+    def running_pod(self, pod):
+        """A pod sandbox for the duration of a with block, then stopped and
+        removed as kubelet does when the pod is deleted."""
+        sandbox_id = self.run_pod_sandbox(pod)
+        try:
+            yield sandbox_id
+        finally:
+            self.stop_pod_sandbox(sandbox_id)
+            self.remove_pod_sandbox(sandbox_id)
+
+    def start_containers(self, pod, sandbox_id):
+        """Create and start every container of the pod in manifest order;
+        returns {container name: container id}."""
         ids = {}
         for name in pod.containers:
-            ids[name] = self.create_container(pod, sandbox, name)
+            ids[name] = self.create_container(pod, sandbox_id, name)
             self.start_container(ids[name])
-        return sandbox, ids
+        return ids
 
     def start_container(self, container_id):
         self._call(self.runtime.StartContainer, v1.StartContainerRequest(container_id=container_id))
@@ -145,17 +156,21 @@ class Kubelet:
         return self._call(self.runtime.ContainerStatus,
                           v1.ContainerStatusRequest(container_id=container_id)).status
 
-    def wait_container(self, container_id, timeout=60):
-        """Poll ContainerStatus (as kubelet's PLEG relists) until it exited."""
+    def wait_container(self, container_id, state=None, timeout=60):
+        """Poll ContainerStatus (as kubelet's PLEG relists) until the
+        container is in `state`, by default exited."""
+        state = v1.CONTAINER_EXITED if state is None else state
         deadline = time.monotonic() + timeout
         while True:
             status = self.container_status(container_id)
-            if status.state == v1.CONTAINER_EXITED:
+            if status.state == state:
                 return status
+            name = v1.ContainerState.Name(status.state)
+            if status.state == v1.CONTAINER_EXITED:
+                raise AssertionError(f"container {container_id} exited: {status}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"container {container_id} still "
-                                   f"{v1.ContainerState.Name(status.state)} after {timeout}s")
-            time.sleep(0.1)
+                raise TimeoutError(f"container {container_id} still {name} after {timeout}s")
+            time.sleep(0.05)
 
     def stop_container(self, container_id, grace_seconds=30):
         self._call(self.runtime.StopContainer, v1.StopContainerRequest(

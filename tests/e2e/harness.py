@@ -640,6 +640,12 @@ disabled_plugins = [{disabled_list}]
                 pass
         self._unmount_all()
         self._remove_cgroups()
+        # The wasmlet shim's runc keeps native containers' state under
+        # /run/containerd/runc/<namespace> (CRI passes it no runc root).
+        try:
+            os.rmdir(os.path.join("/run/containerd/runc", self.namespace))
+        except OSError:
+            pass  # absent, or still used by another session
         if self.cri:
             # A pod deleted without CNI DEL leaves its host veth behind.
             for name in self._cni_veths():

@@ -38,8 +38,8 @@ def stream_exec(kubelet, container_id, *cmd):
 def test_streaming_exec_into_the_sidecar_and_refusal_for_wasm(cri):
     kubelet = cri.kubelet
     pod = Pod.load(MANIFEST)
-    sandbox, ids = kubelet.run_pod(pod)
-    try:
+    with kubelet.running_pod(pod) as sandbox:
+        ids = kubelet.start_containers(pod, sandbox)
         stdout, stderr, status = stream_exec(kubelet, ids["sidecar"], "/bin/sh", "-c", "echo out; echo err >&2")
         assert (stdout, stderr, status.get("status")) == ("out\n", "err\n", "Success"), status
         _, _, status = stream_exec(kubelet, ids["sidecar"], "/bin/sh", "-c", "exit 3")
@@ -48,7 +48,4 @@ def test_streaming_exec_into_the_sidecar_and_refusal_for_wasm(cri):
         _, _, status = stream_exec(kubelet, ids["server"], "/tcp-hello.wasm")
         assert status.get("status") == "Failure"
         assert "not supported for wasm tasks" in status.get("message", ""), status
-    finally:
-        kubelet.stop_pod_sandbox(sandbox)
-        kubelet.remove_pod_sandbox(sandbox)
     assert cri.ctd.leftovers() == []

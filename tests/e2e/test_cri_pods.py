@@ -4,7 +4,6 @@ stopping, and many pods at once. Every pod comes from a manifest in
 tests/cri/manifests and is removed again, leaving nothing behind."""
 
 import concurrent.futures
-import contextlib
 import copy
 import os
 import tempfile
@@ -29,36 +28,13 @@ def load(name):
     return Pod(manifest(name))
 
 
-@contextlib.contextmanager
-def running_pod(cri, pod):
-    """A pod sandbox for the duration of a with block, then stopped and
-    removed as kubelet does when the pod is deleted."""
-    sandbox_id = cri.kubelet.run_pod_sandbox(pod)
-    try:
-        yield sandbox_id
-    finally:
-        cri.kubelet.stop_pod_sandbox(sandbox_id)
-        cri.kubelet.remove_pod_sandbox(sandbox_id)
-
-
-def start_containers(cri, pod, sandbox_id):
-    """Create and start every container of the pod in manifest order;
+def start_running(cri, pod, sandbox_id):
+    """Start every container of the pod and wait until each runs;
     returns {name: container id}."""
-    ids = {}
-    for name in pod.containers:
-        ids[name] = cri.kubelet.create_container(pod, sandbox_id, name)
-        cri.kubelet.start_container(ids[name])
+    ids = cri.kubelet.start_containers(pod, sandbox_id)
+    for container_id in ids.values():
+        cri.kubelet.wait_container(container_id, v1.CONTAINER_RUNNING, timeout=30)
     return ids
-
-
-def wait_running(cri, container_id, timeout=30):
-    deadline = time.monotonic() + timeout
-    while True:
-        status = cri.kubelet.container_status(container_id)
-        if status.state == v1.CONTAINER_RUNNING:
-            return status
-        assert status.state == v1.CONTAINER_CREATED and time.monotonic() < deadline, status
-        time.sleep(0.05)
 
 
 def stdout_lines(cri, pod, name):
@@ -71,8 +47,8 @@ def run_once(cri, pod):
     """Run a one-container pod until its container exits; returns the
     container's final status and its stdout lines."""
     (name,) = pod.containers
-    with running_pod(cri, pod) as sandbox_id:
-        ids = start_containers(cri, pod, sandbox_id)
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        ids = cri.kubelet.start_containers(pod, sandbox_id)
         status = cri.kubelet.wait_container(ids[name])
         return status, stdout_lines(cri, pod, name)
 
@@ -112,8 +88,8 @@ def test_config_dir_read_only_and_empty_dir(cri):
     pod = load("files-volumes.yaml")
     config = host_dir(cri, "config", {"input.txt": ("from the config map\n", 0o644)})
     pod.volumes["config"]["hostPath"]["path"] = config
-    with running_pod(cri, pod) as sandbox_id:
-        ids = start_containers(cri, pod, sandbox_id)
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        ids = cri.kubelet.start_containers(pod, sandbox_id)
         status = cri.kubelet.wait_container(ids["files"])
         lines = stdout_lines(cri, pod, "files")
         with open(os.path.join(empty_dir(cri, pod, "data"), "output.txt")) as f:
@@ -136,8 +112,8 @@ def run_as(cri, uid, secret):
     document["spec"]["securityContext"] = {"runAsUser": uid, "runAsGroup": uid}
     pod = Pod(document)
     pod.volumes["secret"]["hostPath"]["path"] = secret
-    with running_pod(cri, pod) as sandbox_id:
-        ids = start_containers(cri, pod, sandbox_id)
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        ids = cri.kubelet.start_containers(pod, sandbox_id)
         status = cri.kubelet.wait_container(ids["files"])
         lines = stdout_lines(cri, pod, "files")
         written = os.stat(os.path.join(empty_dir(cri, pod, "data"), "output.txt"))
@@ -172,8 +148,8 @@ def termination_message(cri, pod, name):
 
 def test_memory_limit_oom_kills_one_container_of_two(cri):
     pod = load("memory-limit.yaml")
-    with running_pod(cri, pod) as sandbox_id:
-        ids = start_containers(cri, pod, sandbox_id)
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        ids = cri.kubelet.start_containers(pod, sandbox_id)
         hog = cri.kubelet.wait_container(ids["hog"])
         sleep = cri.kubelet.container_status(ids["sleep"])
         message = termination_message(cri, pod, "hog")
@@ -190,10 +166,8 @@ def netns_inode(pid):
 
 def test_hybrid_pod_exec_and_shared_network(cri):
     pod = load("hybrid.yaml")
-    with running_pod(cri, pod) as sandbox_id:
-        ids = start_containers(cri, pod, sandbox_id)
-        for container_id in ids.values():
-            wait_running(cri, container_id)
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        ids = start_running(cri, pod, sandbox_id)
 
         result = cri.kubelet.exec_sync(ids["sidecar"], ["echo", "hi"])
         assert (result.stdout, result.stderr, result.exit_code) == (b"hi\n", b"", 0)
@@ -217,9 +191,8 @@ def test_hybrid_pod_exec_and_shared_network(cri):
 
 def test_stats_of_a_running_wasm_container(cri):
     pod = load("sleep-wasm.yaml")
-    with running_pod(cri, pod) as sandbox_id:
-        container_id = start_containers(cri, pod, sandbox_id)["sleep"]
-        wait_running(cri, container_id)
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        container_id = start_running(cri, pod, sandbox_id)["sleep"]
         one = cri.kubelet.container_stats(container_id)
         listed = cri.kubelet.list_container_stats(sandbox_id)
     assert one.attributes.id == container_id
@@ -244,10 +217,8 @@ def timed_stop(cri, container_id, grace_seconds):
 
 def test_stop_container_grace_period(cri):
     pod = load("hybrid.yaml")
-    with running_pod(cri, pod) as sandbox_id:
-        ids = start_containers(cri, pod, sandbox_id)
-        for container_id in ids.values():
-            wait_running(cri, container_id)
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        ids = start_running(cri, pod, sandbox_id)
         # busybox sleep is PID 1 of its pid namespace and has no SIGTERM
         # handler, so only the SIGKILL after the grace period ends it.
         native_took, native = timed_stop(cri, ids["sidecar"], 2)
@@ -274,7 +245,7 @@ def test_churn_of_twenty_pods(cri):
     def start(pod):
         sandbox_id = cri.kubelet.run_pod_sandbox(pod)
         sandbox_ids.append(sandbox_id)
-        return start_containers(cri, pod, sandbox_id)["sleep"]
+        return cri.kubelet.start_containers(pod, sandbox_id)["sleep"]
 
     def remove(sandbox_id):
         cri.kubelet.stop_pod_sandbox(sandbox_id)
@@ -285,7 +256,7 @@ def test_churn_of_twenty_pods(cri):
         concurrent.futures.wait(started)
         try:
             for future in started:
-                wait_running(cri, future.result())
+                cri.kubelet.wait_container(future.result(), v1.CONTAINER_RUNNING, timeout=30)
             listed = cri.kubelet.runtime.ListPodSandbox(v1.ListPodSandboxRequest(), timeout=30).items
             assert sorted(s.id for s in listed if s.state == v1.SANDBOX_READY) == sorted(sandbox_ids)
             assert len(sandbox_ids) == 20

@@ -11,25 +11,17 @@ from pods import Pod
 MANIFEST = os.path.join(REPO_ROOT, "tests", "cri", "manifests", "hybrid-tcp.yaml")
 
 
-def exec_sync(kubelet, container_id, *cmd):
-    return kubelet.runtime.ExecSync(v1.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=10),
-                                    timeout=30)
-
-
 def test_sidecar_reaches_the_wasm_server_on_loopback(cri):
     kubelet = cri.kubelet
     pod = Pod.load(MANIFEST)
-    sandbox, ids = kubelet.run_pod(pod)
-    try:
+    with kubelet.running_pod(pod) as sandbox:
+        ids = kubelet.start_containers(pod, sandbox)
         deadline = time.monotonic() + 10
         while True:
-            res = exec_sync(kubelet, ids["sidecar"], "/bin/sh", "-c", "nc 127.0.0.1 8080 </dev/null")
+            res = kubelet.exec_sync(ids["sidecar"], ["/bin/sh", "-c", "nc 127.0.0.1 8080 </dev/null"])
             if res.exit_code == 0 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)  # the server may not listen yet
         assert (res.exit_code, res.stdout.decode()) == (0, "hello from wasm over tcp #1\n"), res.stderr
         assert kubelet.container_status(ids["server"]).state == v1.CONTAINER_RUNNING
-    finally:
-        kubelet.stop_pod_sandbox(sandbox)
-        kubelet.remove_pod_sandbox(sandbox)
     assert cri.ctd.leftovers() == []

@@ -78,18 +78,17 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
     isolation::enter_namespaces(&spec)?;
 
     let rootfs = rootfs::path_of(&spec, bundle);
-    let entry = workload::WasmEntry { path: module_path.into(), export: export.clone() };
-    let wasm = workload::read_module(&rootfs, &entry).with_context(|| format!("read {module_path}"))?;
+    let module_path = Path::new(module_path);
+    let wasm = workload::read_module(&rootfs, module_path).with_context(|| format!("read {}", module_path.display()))?;
     let engine = engine::new_engine()?;
-    let (program, outcome) = engine::load(&engine, &Cache::from_env(), &wasm, &entry.path)?;
-    let _ = writeln!(status, "log compiled code for {module_path}: cache {outcome:?}");
+    let (program, outcome) = engine::load(&engine, &Cache::from_env(), &wasm, module_path)?;
+    let _ = writeln!(status, "log compiled code for {}: cache {outcome:?}", module_path.display());
 
     privileges::ensure_single_thread()?;
     isolation::enter_rootfs(&spec, &rootfs)?;
-    let args = process.args().clone().unwrap_or_default();
-    let mut argv = args.clone();
+    let mut argv = process.args().clone().unwrap_or_default();
     if let Some(first) = argv.first_mut() {
-        *first = workload::split_export(&args[0]).0.to_string();
+        *first = workload::split_export(first).0.to_string();
     }
     let guest = Guest {
         args: &argv,
@@ -100,7 +99,7 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
             cgroup::guest_memory_cap(limit, used)
         }),
     };
-    let prepared = engine::prepare(&engine, &program, &entry.path, export, &guest)?;
+    let prepared = engine::prepare(&engine, &program, module_path, export, &guest)?;
     privileges::drop_all(process.user())?;
     Ok((prepared, termination::path_of(&spec)))
 }

@@ -12,7 +12,7 @@ use nix::sys::signal::{kill as send_signal, Signal};
 use nix::unistd::Pid;
 use tracing::info;
 
-use super::{rpc_error, unsupported, Service, TtrpcResult};
+use super::{rpc_error, state_response, unsupported, Service, TtrpcResult};
 use crate::events::Publisher;
 use crate::exec::Exec;
 use crate::stdio::IoPaths;
@@ -100,17 +100,5 @@ pub(super) fn delete(task: &Task, exec_id: &str) -> TtrpcResult<DeleteResponse> 
 pub(super) fn state(task: &Task, exec_id: &str) -> TtrpcResult<StateResponse> {
     let exec = find(task, exec_id)?;
     let (status, pid, exit) = exec.status();
-    Ok(StateResponse {
-        id: exec_id.to_string(),
-        bundle: task.bundle.display().to_string(),
-        pid,
-        status: status.into(),
-        stdin: exec.io.stdin.clone(),
-        stdout: exec.io.stdout.clone(),
-        stderr: exec.io.stderr.clone(),
-        exit_status: exit.as_ref().map(|e| e.code).unwrap_or_default(),
-        exited_at: exit.map(|e| e.at).into(),
-        exec_id: exec_id.to_string(),
-        ..Default::default()
-    })
+    Ok(state_response(task, Some(exec_id), pid, status, &exec.io, exit))
 }

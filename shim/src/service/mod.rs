@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use containerd_shim::api::*;
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM, TaskStart};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim::util::timestamp;
@@ -247,6 +247,23 @@ impl Service {
     }
 }
 
+/// The State of a task's init process, or of one of its execs.
+fn state_response(task: &Task, exec_id: Option<&str>, pid: u32, status: Status, io: &IoPaths, exit: Option<Exit>) -> StateResponse {
+    StateResponse {
+        id: exec_id.unwrap_or(&task.id).to_string(),
+        bundle: task.bundle.display().to_string(),
+        pid,
+        status: status.into(),
+        stdin: io.stdin.clone(),
+        stdout: io.stdout.clone(),
+        stderr: io.stderr.clone(),
+        exit_status: exit.as_ref().map(|e| e.code).unwrap_or_default(),
+        exited_at: exit.map(|e| e.at).into(),
+        exec_id: exec_id.unwrap_or_default().to_string(),
+        ..Default::default()
+    }
+}
+
 fn remove_cgroup_when_empty(path: &str) {
     if let Err(err) = cgroup::remove_when_empty(path) {
         warn!("{err:#}");
@@ -263,18 +280,18 @@ impl TaskApi for Service {
             rpc_error(Code::FAILED_PRECONDITION, format!("wasmlet: {err:#}"))
         })?;
         self.publisher.publish(TaskCreate {
-                container_id: task.id.clone(),
-                bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
-                io: MessageField::some(containerd_shim::protos::events::task::TaskIO {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                    ..Default::default()
-                }),
-                pid: task.pid,
+            container_id: task.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: MessageField::some(TaskIO {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
                 ..Default::default()
+            }),
+            pid: task.pid,
+            ..Default::default()
         });
         Ok(CreateTaskResponse { pid: task.pid, ..Default::default() })
     }
@@ -335,10 +352,9 @@ impl TaskApi for Service {
     fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
         let task = self.task(&req.id)?;
         let exit = match req.exec_id.as_str() {
-            "" => task.wait(None),
-            exec_id => exec::find(&task, exec_id)?.wait(None),
+            "" => task.wait(None).expect("an unbounded wait returns an exit"),
+            exec_id => exec::find(&task, exec_id)?.wait(),
         };
-        let exit = exit.expect("an unbounded wait returns an exit");
         Ok(WaitResponse { exit_status: exit.code, exited_at: MessageField::some(exit.at), ..Default::default() })
     }
 
@@ -348,18 +364,7 @@ impl TaskApi for Service {
             return exec::state(&task, &req.exec_id);
         }
         let (status, exit) = task.status();
-        Ok(StateResponse {
-            id: task.id.clone(),
-            bundle: task.bundle.display().to_string(),
-            pid: task.pid,
-            status: status.into(),
-            stdin: task.io.stdin.clone(),
-            stdout: task.io.stdout.clone(),
-            stderr: task.io.stderr.clone(),
-            exit_status: exit.as_ref().map(|e| e.code).unwrap_or_default(),
-            exited_at: exit.map(|e| e.at).into(),
-            ..Default::default()
-        })
+        Ok(state_response(&task, None, task.pid, status, &task.io, exit))
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
