@@ -9,6 +9,7 @@ mod exec;
 mod handshake;
 mod instance;
 mod launch;
+mod options;
 mod rootfs;
 mod runc;
 mod service;

@@ -9,10 +9,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use containerd_shim::monitor::{monitor_subscribe, wait_pid, Topic};
-use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use containerd_shim::protos::protobuf::Message;
-use containerd_shim::protos::shim::oci::Options;
 
+use crate::options::RuntimeOptions;
 use crate::stdio::IoPaths;
 
 /// Where runc keeps container state when containerd gives no root.
@@ -36,16 +34,16 @@ impl std::fmt::Debug for Runc {
 }
 
 impl Runc {
-    /// runc as configured by containerd's runtime options (the runc shim's
-    /// `containerd.runc.v1.Options`: BinaryName, Root, SystemdCgroup).
-    pub fn new(options: Option<&Any>, namespace: &str, forget: ForgetPid) -> Result<Self> {
-        let options = match options.filter(|any| any.type_url.ends_with("containerd.runc.v1.Options")) {
-            Some(any) => Options::parse_from_bytes(&any.value).context("decode the runc options")?,
-            None => Options::new(),
-        };
-        let binary = Some(options.binary_name).filter(|b| !b.is_empty()).unwrap_or_else(|| "runc".into());
-        let root = Some(options.root).filter(|r| !r.is_empty()).unwrap_or_else(|| DEFAULT_ROOT.into());
-        Ok(Runc { binary, root: Path::new(&root).join(namespace), systemd_cgroup: options.systemd_cgroup, forget })
+    /// runc as configured by containerd's runtime options.
+    pub fn new(options: &RuntimeOptions, namespace: &str, forget: ForgetPid) -> Self {
+        let or_default = |value: &str, default: &str| if value.is_empty() { default.to_string() } else { value.to_string() };
+        let root = or_default(&options.root, DEFAULT_ROOT);
+        Runc {
+            binary: or_default(&options.binary_name, "runc"),
+            root: Path::new(&root).join(namespace),
+            systemd_cgroup: options.systemd_cgroup,
+            forget,
+        }
     }
 
     /// `runc create`: the container's init waits for `start`; returns its pid.
@@ -163,18 +161,15 @@ mod tests {
 
     #[test]
     fn options_choose_binary_root_and_cgroup_driver() {
-        let mut options = Options::new();
-        options.binary_name = "/usr/sbin/runc".into();
-        options.root = "/run/custom".into();
-        options.systemd_cgroup = true;
-        let any = Any { type_url: "containerd.runc.v1.Options".into(), value: options.write_to_bytes().unwrap(), ..Default::default() };
-        let runc = Runc::new(Some(&any), "k8s.io", forget()).unwrap();
+        let mut options = RuntimeOptions::default();
+        (options.binary_name, options.root, options.systemd_cgroup) = ("/usr/sbin/runc".into(), "/run/custom".into(), true);
+        let runc = Runc::new(&options, "k8s.io", forget());
         assert_eq!((runc.binary.as_str(), runc.root.as_path(), runc.systemd_cgroup), ("/usr/sbin/runc", Path::new("/run/custom/k8s.io"), true));
     }
 
     #[test]
     fn defaults_without_options() {
-        let runc = Runc::new(None, "default", forget()).unwrap();
+        let runc = Runc::new(&RuntimeOptions::default(), "default", forget());
         assert_eq!((runc.binary.as_str(), runc.root.as_path()), ("runc", Path::new("/run/containerd/runc/default")));
     }
 

@@ -5,6 +5,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use containerd_shim::api::DeleteResponse;
 use containerd_shim::protos::protobuf::MessageField;
@@ -20,6 +21,9 @@ use crate::{cgroup, rootfs};
 
 /// Containers carrying the same sandbox id share one shim (one per pod).
 const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// How long the ttrpc server may take to close once the daemon is done.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub struct WasmletShim {
     namespace: String,
@@ -80,6 +84,13 @@ impl containerd_shim::Shim for WasmletShim {
         if let Err(err) = std::fs::remove_file(path) {
             tracing::warn!("remove shim socket {path}: {err}");
         }
+        // The ttrpc server then joins every connection's handler: one that
+        // never returns must not keep a daemon with no tasks alive.
+        std::thread::spawn(|| {
+            std::thread::sleep(SHUTDOWN_GRACE);
+            tracing::warn!("ttrpc server still open {SHUTDOWN_GRACE:?} after the last task: shim exits");
+            std::process::exit(0);
+        });
     }
 
     fn create_task_service(&self, _publisher: RemotePublisher) -> Service {

@@ -86,14 +86,14 @@ class Containerd:
 
     def __init__(self, shim_dir=DEFAULT_SHIM_DIR, namespace=None,
                  snapshotter=None, log_level="info", start_timeout=30,
-                 version=CONTAINERD_VERSION, cri=False):
+                 version=CONTAINERD_VERSION, cri=False, wasmlet_options=None):
         if namespace is None:
             namespace = CRI_NAMESPACE if cri else "wasmlet-test"
         if cri and namespace != CRI_NAMESPACE:
             raise ValueError(f"with cri=True the namespace is {CRI_NAMESPACE}, not {namespace}")
         self.cri = cri
         self.version = version
-        self.major = int(version.split(".")[0])
+        self.major, self.minor = (int(n) for n in version.split(".")[:2])
         self.bin_dir = containerd_bin_dir(version)
         self.ctr_path = os.path.join(self.bin_dir, "ctr")
         self.namespace = namespace
@@ -111,6 +111,10 @@ class Containerd:
         self.cache_dir = os.path.join(self.dir, "cache")
         self.fifo_dir = os.path.join(self.dir, "fifo")
         self.runc_root = os.path.join(self.dir, "runc")
+        # wasmlet's runtime options (runc's keys): Root keeps the state of
+        # the shim's native containers in our temp dir too.
+        self.wasmlet_options = {"Root": self.runc_root, **(wasmlet_options or {})}
+        self.wasmlet_options_path = os.path.join(self.dir, "wasmlet-options.toml")
         # Task bundles (and their rootfs mounts) live here, one per task id.
         self.bundles = os.path.join(self.state, "io.containerd.runtime.v2.task", namespace)
         # CRI: the CNI plugin dir, its config dir and its data (address records).
@@ -174,6 +178,8 @@ class Containerd:
             config_version = 2
             disabled = [] if self.cri else ["io.containerd.grpc.v1.cri"]
         disabled_list = ", ".join(f'"{p}"' for p in disabled)
+        with open(self.wasmlet_options_path, "w") as f:
+            f.write(toml_lines(self.wasmlet_options))
         with open(self.config, "w") as f:
             f.write(f"""version = {config_version}
 root = "{self.root}"
@@ -258,7 +264,16 @@ disabled_plugins = [{disabled_list}]
 
 [{table}.runtimes.{WASM_HANDLER}]
   runtime_type = "{WASM_RUNTIME}"
-"""
+
+[{table}.runtimes.{WASM_HANDLER}.options]
+{self._cri_wasmlet_options()}"""
+
+    def _cri_wasmlet_options(self):
+        """1.6 passes a non-runc runtime only the path of its options file;
+        later versions pass the table itself too."""
+        if (self.major, self.minor) < (1, 7):
+            return toml_lines({"ConfigPath": self.wasmlet_options_path})
+        return toml_lines(self.wasmlet_options)
 
     def _setup_cni(self):
         """The test CNI plugin (also as `loopback`) and a conflist using it."""
@@ -320,9 +335,10 @@ disabled_plugins = [{disabled_list}]
             raise CtrError(res.returncode, cmd, res.stdout, res.stderr)
         return res
 
-    def import_images(self, directory):
-        """Import every *.tar in directory; returns the archives imported."""
-        tars = sorted(glob.glob(os.path.join(directory, "*.tar")))
+    def import_images(self, directory, names=("*",)):
+        """Import the archives <name>.tar in directory (default: all);
+        returns the archives imported."""
+        tars = sorted(tar for name in names for tar in glob.glob(os.path.join(directory, f"{name}.tar")))
         for tar in tars:
             self.ctr("images", "import", "--snapshotter", self.snapshotter, tar, timeout=300)
         return tars
@@ -339,9 +355,11 @@ disabled_plugins = [{disabled_list}]
         """
         cmd = ["run", "--snapshotter", self.snapshotter, "--runtime", runtime,
                "--fifo-dir", self.fifo_dir]
+        # Keep runc's state in our temp dir, not /run/containerd/runc.
         if runtime == RUNC_RUNTIME:
-            # Keep runc's state in our temp dir, not /run/containerd/runc.
             cmd += ["--runc-root", self.runc_root]
+        elif runtime == WASM_RUNTIME:
+            cmd += ["--runtime-config-path", self.wasmlet_options_path]
         for key, value in (env or {}).items():
             cmd += ["--env", f"{key}={value}"]
         for src, dst, options in mounts:
@@ -640,12 +658,6 @@ disabled_plugins = [{disabled_list}]
                 pass
         self._unmount_all()
         self._remove_cgroups()
-        # The wasmlet shim's runc keeps native containers' state under
-        # /run/containerd/runc/<namespace> (CRI passes it no runc root).
-        try:
-            os.rmdir(os.path.join("/run/containerd/runc", self.namespace))
-        except OSError:
-            pass  # absent, or still used by another session
         if self.cri:
             # A pod deleted without CNI DEL leaves its host veth behind.
             for name in self._cni_veths():
@@ -690,6 +702,11 @@ disabled_plugins = [{disabled_list}]
                     os.rmdir(dirpath)
                 except OSError as e:
                     print(f"harness: cannot remove cgroup {dirpath}: {e}", file=sys.stderr)
+
+
+def toml_lines(table):
+    """A flat TOML table of strings and booleans (JSON spells both alike)."""
+    return "".join(f"{key} = {json.dumps(value)}\n" for key, value in table.items())
 
 
 def _inode(path):

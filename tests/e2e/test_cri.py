@@ -3,9 +3,11 @@
 import json
 import os
 import re
+import shutil
 
-from harness import REPO_ROOT, RUNC_RUNTIME, WASM_RUNTIME
-from kubelet import read_cri_log, v1
+from conftest import IMAGES_DIR, Cri
+from harness import REPO_ROOT, RUNC_RUNTIME, WASM_RUNTIME, Containerd
+from kubelet import Kubelet, read_cri_log, v1
 from pods import Pod
 
 MANIFESTS = os.path.join(REPO_ROOT, "tests", "cri", "manifests")
@@ -102,3 +104,28 @@ def test_leftovers_know_a_live_pod(cri):
         kubelet.stop_pod_sandbox(sandbox_id)
         kubelet.remove_pod_sandbox(sandbox_id)
     assert cri.ctd.leftovers() == []
+
+
+def test_runtime_options_reach_the_shims_runc(tmp_path):
+    """The wasmlet handler's options table (runc's keys) reaches the runc the
+    shim runs a pod's sandbox with: inline from 1.7, by ConfigPath on 1.6."""
+    calls = tmp_path / "runc-calls"
+    wrapper = tmp_path / "runc-wrapper"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("runc")} "$@"\n')
+    wrapper.chmod(0o755)
+    ctd = Containerd(cri=True, wasmlet_options={"BinaryName": str(wrapper)})
+    kubelet = None
+    try:
+        ctd.import_images(IMAGES_DIR, names=["pause", "hello"])
+        kubelet = Kubelet(ctd.socket, os.path.join(ctd.dir, "kubelet"), ctd.pod_cgroup_root)
+        seen = run_to_completion(Cri(ctd, kubelet), "hello-wasm.yaml")
+        check_completed(seen, ["Hello from wasmlet!", "args: from a wasm pod", "env: HELLO_POD=hello-wasm"])
+        sandbox_id = seen["sandbox"].id
+        runc_args = calls.read_text().splitlines()
+        assert any(line.startswith(f"--root {ctd.runc_root}/k8s.io ") and " create " in line
+                   and line.endswith(f" {sandbox_id}") for line in runc_args), runc_args
+        assert ctd.leftovers() == []
+    finally:
+        if kubelet is not None:
+            kubelet.close()
+        ctd.stop()

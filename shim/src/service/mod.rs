@@ -23,8 +23,9 @@ use tracing::{info, warn};
 use crate::events::Publisher;
 use crate::exec::Exec;
 use crate::launch;
-use crate::stdio::IoPaths;
+use crate::options::RuntimeOptions;
 use crate::runc::{ForgetPid, Runc};
+use crate::stdio::IoPaths;
 use crate::task::{Exit, Runtime, Task};
 use crate::workload::Workload;
 use crate::{cgroup, rootfs, workload};
@@ -205,7 +206,8 @@ impl Service {
     fn create_native(&self, bundle: &Path, spec: &Spec, req: &CreateTaskRequest, io: IoPaths) -> anyhow::Result<Arc<Task>> {
         let state = self.state.clone();
         let forget: ForgetPid = Arc::new(move |pid| state.lock().unwrap().discard(pid));
-        let runc = Arc::new(Runc::new(req.options.as_ref(), &self.namespace, forget)?);
+        let options = RuntimeOptions::from_request(req.options.as_ref())?;
+        let runc = Arc::new(Runc::new(&options, &self.namespace, forget));
         let pid = runc.create(&req.id, bundle, &io).inspect_err(|_| {
             // runc may have kept state for the half-made container.
             let _ = runc.delete(&req.id, bundle);
