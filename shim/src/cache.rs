@@ -1,20 +1,33 @@
-//! The node's cache of compiled wasm. An entry is keyed by the sha256 of the
-//! wasm and the engine's compatibility hash, so an engine upgrade simply
-//! misses. Entries are written atomically with a checksum beside them; an
-//! entry whose checksum does not match is rebuilt, never loaded.
+//! The node's cache: compiled wasm, and the wasm layers of images read from
+//! containerd. A compiled entry is keyed by the sha256 of the wasm (for a
+//! wasm layer, its digest) and the engine's compatibility hash, so an engine
+//! upgrade simply misses. Entries are written atomically with a checksum
+//! beside them; one whose checksum does not match is rebuilt, never loaded.
+//! A lock file per entry makes concurrent first starts compile once, and the
+//! least recently used entries go when the cache outgrows its size limit.
 
 use std::collections::hash_map::DefaultHasher;
-use std::fs;
+use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::{Context, Result};
+use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
+use tracing::{info, warn};
 use wasmtime::Engine;
 
-/// Where compiled code lives unless `WASMLET_CACHE_DIR` says otherwise.
+/// Where the cache lives unless `WASMLET_CACHE_DIR` says otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/wasmlet/cache";
+/// How big the cache may grow unless `WASMLET_CACHE_MAX_BYTES` says otherwise.
+pub const DEFAULT_MAX_BYTES: u64 = 2 << 30;
+pub const DIR_ENV: &str = "WASMLET_CACHE_DIR";
+pub const MAX_BYTES_ENV: &str = "WASMLET_CACHE_MAX_BYTES";
+
+/// Wasm layers live in this subdirectory; compiled code in one per engine.
+const LAYERS: &str = "layers";
 
 /// What happened to a lookup, for the shim log.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,42 +38,143 @@ pub enum Outcome {
     Rebuilt,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cache {
     dir: PathBuf,
+    max_bytes: u64,
 }
 
 impl Cache {
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Cache { dir: dir.into() }
+    pub fn new(dir: impl Into<PathBuf>, max_bytes: u64) -> Self {
+        Cache { dir: dir.into(), max_bytes }
     }
 
-    pub fn from_env() -> Self {
-        Cache::new(std::env::var_os("WASMLET_CACHE_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_DIR.into()))
+    /// The cache the environment names (containerd's, passed down).
+    pub fn from_env() -> Result<Self> {
+        Cache::configured(None, None)
     }
 
-    /// Returns the path of a verified compiled artifact for `wasm`, compiling
-    /// it with `compile` when the cache has no sound entry.
-    pub fn artifact(
-        &self,
-        engine: &Engine,
-        wasm: &[u8],
-        compile: impl FnOnce() -> Result<Vec<u8>>,
-    ) -> Result<(PathBuf, Outcome)> {
+    /// The cache with this directory and limit, each from the environment
+    /// (then the default) where not given.
+    pub fn configured(dir: Option<PathBuf>, max_bytes: Option<u64>) -> Result<Self> {
+        let dir = dir.or_else(|| std::env::var_os(DIR_ENV).map(PathBuf::from)).unwrap_or_else(|| DEFAULT_DIR.into());
+        let max_bytes = match (max_bytes, std::env::var(MAX_BYTES_ENV)) {
+            (Some(max), _) => max,
+            (None, Ok(text)) => text.parse().with_context(|| format!("{MAX_BYTES_ENV}={text} is not a number of bytes"))?,
+            (None, Err(_)) => DEFAULT_MAX_BYTES,
+        };
+        Ok(Cache::new(dir, max_bytes))
+    }
+
+    /// The environment that hands this cache to an instance process.
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        [(DIR_ENV, self.dir.display().to_string()), (MAX_BYTES_ENV, self.max_bytes.to_string())]
+    }
+
+    /// Returns the path of a verified compiled artifact for the wasm whose
+    /// sha256 is `key`, compiling it with `compile` when the cache has no
+    /// sound entry.
+    pub fn artifact(&self, engine: &Engine, key: &str, compile: impl FnOnce() -> Result<Vec<u8>>) -> Result<(PathBuf, Outcome)> {
         let dir = self.dir.join(engine_key(engine));
-        let name = hex::encode(Sha256::digest(wasm));
-        let artifact = dir.join(format!("{name}.cwasm"));
-        let checksum = dir.join(format!("{name}.sha256"));
+        let artifact = dir.join(format!("{key}.cwasm"));
+        let checksum = dir.join(format!("{key}.sha256"));
+        if verify(&artifact, &checksum).unwrap_or(false) {
+            touch(&artifact);
+            return Ok((artifact, Outcome::Hit));
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("create cache directory {}", dir.display()))?;
+        // Whoever holds the lock compiles; the others wait and then load.
+        let _lock = lock(&dir.join(format!("{key}.lock")))?;
         let outcome = match verify(&artifact, &checksum) {
             Ok(true) => return Ok((artifact, Outcome::Hit)),
             Ok(false) => Outcome::Rebuilt,
             Err(_) => Outcome::Miss,
         };
         let compiled = compile()?;
-        fs::create_dir_all(&dir).with_context(|| format!("create cache directory {}", dir.display()))?;
-        write_atomically(&dir, &artifact, &compiled)?;
-        write_atomically(&dir, &checksum, hex::encode(Sha256::digest(&compiled)).as_bytes())?;
+        write_atomically(&artifact, |file| file.write_all(&compiled))?;
+        write_atomically(&checksum, |file| file.write_all(hex::encode(Sha256::digest(&compiled)).as_bytes()))?;
+        self.evict(&artifact);
         Ok((artifact, outcome))
     }
+
+    /// The node's copy of the wasm layer whose sha256 is `key`, written by
+    /// `write` unless it is there already.
+    pub fn layer(&self, key: &str, write: impl FnOnce(&mut File) -> Result<()>) -> Result<PathBuf> {
+        let path = self.dir.join(LAYERS).join(format!("{key}.wasm"));
+        if path.is_file() {
+            touch(&path);
+            return Ok(path);
+        }
+        fs::create_dir_all(self.dir.join(LAYERS)).with_context(|| format!("create cache directory {}", self.dir.display()))?;
+        write_atomically(&path, write)?;
+        self.evict(&path);
+        Ok(path)
+    }
+
+    /// Removes the least recently used entries until the cache fits its
+    /// limit, never `keep` (the entry just made). Running instances keep
+    /// the code they mapped: unlinking a file does not unmap it.
+    fn evict(&self, keep: &Path) {
+        let mut entries = self.entries();
+        let mut total: u64 = entries.iter().map(|e| e.bytes).sum();
+        entries.sort_by_key(|e| e.used);
+        for entry in entries {
+            if total <= self.max_bytes {
+                break;
+            }
+            if entry.files[0] == keep {
+                continue;
+            }
+            for file in &entry.files {
+                let _ = fs::remove_file(file);
+            }
+            total -= entry.bytes;
+            info!(entry = %entry.files[0].display(), "cache over {} bytes: removed its least recently used entry", self.max_bytes);
+        }
+    }
+
+    /// Every entry: a layer, or a compiled artifact with its checksum and lock.
+    fn entries(&self) -> Vec<Entry> {
+        let Ok(subdirs) = fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut entries = Vec::new();
+        for subdir in subdirs.flatten().map(|d| d.path()) {
+            let Ok(files) = fs::read_dir(&subdir) else { continue };
+            for main in files.flatten().map(|f| f.path()) {
+                let extension = main.extension().and_then(|e| e.to_str());
+                let companions: &[&str] = match extension {
+                    Some("wasm") => &[],
+                    Some("cwasm") => &["sha256", "lock"],
+                    _ => continue,
+                };
+                let files: Vec<PathBuf> =
+                    std::iter::once(main.clone()).chain(companions.iter().map(|ext| main.with_extension(ext))).collect();
+                let Ok(meta) = fs::metadata(&main) else { continue };
+                let bytes = files.iter().filter_map(|f| fs::metadata(f).ok()).map(|m| m.len()).sum();
+                entries.push(Entry { files, bytes, used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) });
+            }
+        }
+        entries
+    }
+}
+
+struct Entry {
+    /// The entry's main file first.
+    files: Vec<PathBuf>,
+    bytes: u64,
+    used: SystemTime,
+}
+
+/// Marks an entry as used now, for least-recently-used eviction.
+fn touch(path: &Path) {
+    if let Err(err) = File::options().append(true).open(path).and_then(|f| f.set_modified(SystemTime::now())) {
+        warn!("mark {} as used: {err}", path.display());
+    }
+}
+
+/// Holds an exclusive lock on `path` until the returned guard is dropped.
+fn lock(path: &Path) -> Result<Flock<File>> {
+    let file = File::options().create(true).truncate(false).write(true).open(path).with_context(|| format!("open {}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| errno).with_context(|| format!("lock {}", path.display()))
 }
 
 /// A short, stable name for the engine's compatibility hash.
@@ -79,9 +193,11 @@ fn verify(artifact: &Path, checksum: &Path) -> std::io::Result<bool> {
 
 /// Writes through a temporary file in the same directory and renames it into
 /// place, so that a reader never sees a half-written entry.
-fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> Result<()> {
+fn write_atomically<E: Into<anyhow::Error>>(target: &Path, write: impl FnOnce(&mut File) -> std::result::Result<(), E>) -> Result<()> {
+    let dir = target.parent().context("a cache entry has a directory")?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("create a file in {}", dir.display()))?;
-    tmp.write_all(bytes).and_then(|_| tmp.as_file().sync_all()).with_context(|| format!("write {}", target.display()))?;
+    write(tmp.as_file_mut()).map_err(Into::into).with_context(|| format!("write {}", target.display()))?;
+    tmp.as_file().sync_all().with_context(|| format!("write {}", target.display()))?;
     tmp.persist(target).with_context(|| format!("rename into {}", target.display()))?;
     Ok(())
 }
@@ -89,44 +205,79 @@ fn write_atomically(dir: &Path, target: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     const WAT: &str = r#"(module (func (export "_start")))"#;
+
+    fn wasm() -> (Vec<u8>, String) {
+        let wasm = wat::parse_str(WAT).unwrap();
+        let key = hex::encode(Sha256::digest(&wasm));
+        (wasm, key)
+    }
 
     fn compile(engine: &Engine, wasm: &[u8]) -> Result<Vec<u8>> {
         Ok(engine.precompile_module(wasm)?)
     }
 
+    fn unbounded(dir: &Path) -> Cache {
+        Cache::new(dir, u64::MAX)
+    }
+
     #[test]
     fn second_lookup_compiles_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(dir.path());
+        let cache = unbounded(dir.path());
         let engine = Engine::default();
-        let wasm = wat::parse_str(WAT).unwrap();
-        let (path, first) = cache.artifact(&engine, &wasm, || compile(&engine, &wasm)).unwrap();
+        let (wasm, key) = wasm();
+        let (path, first) = cache.artifact(&engine, &key, || compile(&engine, &wasm)).unwrap();
         assert_eq!(first, Outcome::Miss);
-        let (again, second) = cache.artifact(&engine, &wasm, || panic!("compiled twice")).unwrap();
+        let (again, second) = cache.artifact(&engine, &key, || panic!("compiled twice")).unwrap();
         assert_eq!((again, second), (path.clone(), Outcome::Hit));
         unsafe { wasmtime::Module::deserialize_file(&engine, &path) }.unwrap();
     }
 
     #[test]
+    fn concurrent_first_lookups_compile_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = unbounded(dir.path());
+        let engine = Engine::default();
+        let (wasm, key) = wasm();
+        let compiles = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    cache
+                        .artifact(&engine, &key, || {
+                            compiles.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(Duration::from_millis(100));
+                            compile(&engine, &wasm)
+                        })
+                        .unwrap()
+                });
+            }
+        });
+        assert_eq!(compiles.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
     fn truncated_or_corrupt_entries_are_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(dir.path());
+        let cache = unbounded(dir.path());
         let engine = Engine::default();
-        let wasm = wat::parse_str(WAT).unwrap();
-        let (path, _) = cache.artifact(&engine, &wasm, || compile(&engine, &wasm)).unwrap();
+        let (wasm, key) = wasm();
+        let (path, _) = cache.artifact(&engine, &key, || compile(&engine, &wasm)).unwrap();
         let good = fs::read(&path).unwrap();
 
         fs::write(&path, &good[..good.len() / 2]).unwrap();
-        let (_, outcome) = cache.artifact(&engine, &wasm, || compile(&engine, &wasm)).unwrap();
+        let (_, outcome) = cache.artifact(&engine, &key, || compile(&engine, &wasm)).unwrap();
         assert_eq!(outcome, Outcome::Rebuilt);
 
         let mut flipped = good.clone();
         let middle = flipped.len() / 2;
         flipped[middle] ^= 0xff;
         fs::write(&path, &flipped).unwrap();
-        let (_, outcome) = cache.artifact(&engine, &wasm, || compile(&engine, &wasm)).unwrap();
+        let (_, outcome) = cache.artifact(&engine, &key, || compile(&engine, &wasm)).unwrap();
         assert_eq!(outcome, Outcome::Rebuilt);
         assert_eq!(fs::read(&path).unwrap(), good);
     }
@@ -134,15 +285,40 @@ mod tests {
     #[test]
     fn other_engine_settings_use_other_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(dir.path());
-        let wasm = wat::parse_str(WAT).unwrap();
+        let cache = unbounded(dir.path());
+        let (wasm, key) = wasm();
         let plain = Engine::default();
         let mut config = wasmtime::Config::new();
         config.cranelift_opt_level(wasmtime::OptLevel::None);
         let other = Engine::new(&config).unwrap();
-        let (a, _) = cache.artifact(&plain, &wasm, || compile(&plain, &wasm)).unwrap();
-        let (b, outcome) = cache.artifact(&other, &wasm, || compile(&other, &wasm)).unwrap();
+        let (a, _) = cache.artifact(&plain, &key, || compile(&plain, &wasm)).unwrap();
+        let (b, outcome) = cache.artifact(&other, &key, || compile(&other, &wasm)).unwrap();
         assert_ne!(a, b);
         assert_eq!(outcome, Outcome::Miss);
+    }
+
+    #[test]
+    fn a_layer_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = unbounded(dir.path());
+        let path = cache.layer("abc", |file| Ok(file.write_all(b"\0asm")?)).unwrap();
+        let again = cache.layer("abc", |_| panic!("written twice")).unwrap();
+        assert_eq!((fs::read(&path).unwrap(), again), (b"\0asm".to_vec(), path));
+        let failed = cache.layer("def", |_| anyhow::bail!("digest mismatch"));
+        assert!(format!("{:#}", failed.unwrap_err()).contains("digest mismatch"));
+        assert!(!dir.path().join(LAYERS).join("def.wasm").exists());
+    }
+
+    #[test]
+    fn least_recently_used_entries_go_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path(), 25);
+        let write = |key: &str| cache.layer(key, |file| Ok(file.write_all(&[0; 10])?)).unwrap();
+        let (a, b) = (write("a"), write("b"));
+        // a is used after b, so b is the least recently used when c comes.
+        std::thread::sleep(Duration::from_millis(20));
+        write("a");
+        let c = write("c");
+        assert_eq!((a.exists(), b.exists(), c.exists()), (true, false, true));
     }
 }

@@ -12,6 +12,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
 
+use crate::cache::Cache;
 use crate::handshake::{self, START_FD, STATUS_FD};
 use crate::stdio::IoPaths;
 use crate::workload::WasmEntry;
@@ -36,11 +37,11 @@ impl StartPipe {
     }
 }
 
-/// Spawns the instance for `entry` and waits for its report. `on_log`
+/// Spawns the instance for `entry` (with `cache`) and waits for its report. `on_log`
 /// receives the instance's log lines; an `Err` carries its setup error, and
 /// the pid of the failed process for the caller to account for.
-pub fn launch(bundle: &Path, entry: &WasmEntry, io: &IoPaths, on_log: impl Fn(&str)) -> Result<Launched, (Option<u32>, anyhow::Error)> {
-    let (command, pipes) = prepare_command(bundle, entry, io).map_err(|e| (None, e))?;
+pub fn launch(bundle: &Path, entry: &WasmEntry, cache: &Cache, io: &IoPaths, on_log: impl Fn(&str)) -> Result<Launched, (Option<u32>, anyhow::Error)> {
+    let (command, pipes) = prepare_command(bundle, entry, cache, io).map_err(|e| (None, e))?;
     let pid = spawn(command, pipes.child_ends).map_err(|e| (None, e))?;
     let mut status = File::from(pipes.status_read);
     let stream = read_report(&mut status).map_err(|e| (Some(pid), e))?;
@@ -83,15 +84,16 @@ fn spawn(mut command: Command, child_ends: (OwnedFd, OwnedFd)) -> Result<u32> {
     Ok(child.id())
 }
 
-fn prepare_command(bundle: &Path, entry: &WasmEntry, io: &IoPaths) -> Result<(Command, Pipes)> {
+fn prepare_command(bundle: &Path, entry: &WasmEntry, cache: &Cache, io: &IoPaths) -> Result<(Command, Pipes)> {
     let (status_read, status_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("create status pipe")?;
     let (start_read, start_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("create start pipe")?;
     let mut command = Command::new("/proc/self/exe");
     command
         .arg("instance")
         .arg(bundle)
-        .arg(&entry.path)
         .arg(&entry.export)
+        .args(entry.module.to_args())
+        .envs(cache.env())
         .stdin(io.stdin()?)
         .stdout(io.stdout()?)
         .stderr(io.stderr()?);

@@ -7,6 +7,7 @@ mod engine;
 mod events;
 mod exec;
 mod handshake;
+mod image;
 mod instance;
 mod launch;
 mod options;

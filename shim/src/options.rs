@@ -8,10 +8,11 @@
 //!   `ctr run --runtime-config-path`).
 //!
 //! The TOML keys are runc's names, so a user can copy the runc handler's
-//! options table: `BinaryName`, `Root`, `SystemdCgroup`.
+//! options table: `BinaryName`, `Root`, `SystemdCgroup`; and wasmlet's own:
+//! `CacheDir`, `CacheMaxBytes`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -20,6 +21,8 @@ use containerd_shim::protos::protobuf::{Message, UnknownValueRef};
 use containerd_shim::protos::shim::oci::Options as RuncOptions;
 use serde::Deserialize;
 use tracing::warn;
+
+use crate::cache::Cache;
 
 const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
 const GENERIC_OPTIONS: &str = "runtimeoptions.v1.Options";
@@ -36,6 +39,10 @@ pub struct RuntimeOptions {
     pub root: String,
     /// Native containers use runc's systemd cgroup driver.
     pub systemd_cgroup: bool,
+    /// The node cache's directory; empty means $WASMLET_CACHE_DIR or the default.
+    pub cache_dir: String,
+    /// The node cache's size limit; 0 means $WASMLET_CACHE_MAX_BYTES or the default.
+    pub cache_max_bytes: u64,
     /// Keys wasmlet does not use (runc's other options, typos): logged.
     #[serde(flatten)]
     unused: BTreeMap<String, toml::Value>,
@@ -55,6 +62,12 @@ impl RuntimeOptions {
             return Self::from_generic(&any.value);
         }
         bail!("runtime options of type {} are not understood (expected {RUNC_OPTIONS} or {GENERIC_OPTIONS})", any.type_url)
+    }
+
+    /// The node cache these options choose.
+    pub fn cache(&self) -> Result<Cache> {
+        let dir = Some(self.cache_dir.as_str()).filter(|d| !d.is_empty());
+        Cache::configured(dir.map(PathBuf::from), Some(self.cache_max_bytes).filter(|&max| max > 0))
     }
 
     /// The generic form: the TOML inline, or in the file at ConfigPath.

@@ -96,7 +96,7 @@ impl containerd_shim::Shim for WasmletShim {
     fn create_task_service(&self, _publisher: RemotePublisher) -> Service {
         // Our own publisher packs events without protobuf reflection.
         let publisher = Publisher::connect(&self.namespace).expect("connect to containerd's ttrpc address");
-        Service::new(self.namespace.clone(), publisher, self.exit.clone())
+        Service::new(self.namespace.clone(), self.address.clone(), publisher, self.exit.clone())
     }
 }
 

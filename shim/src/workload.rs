@@ -2,6 +2,7 @@
 //! something else. Pure logic over the spec and the rootfs, so it is tested
 //! without containerd.
 
+use std::ffi::OsString;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -19,13 +20,49 @@ pub enum Workload {
     Native,
 }
 
-/// A wasm entrypoint: where the module is (inside the rootfs) and what to call.
+/// A wasm entrypoint: where the module is and what to call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WasmEntry {
-    /// Absolute path of the module as the container sees it.
-    pub path: PathBuf,
+    pub module: ModuleSource,
     /// The export to run; `_start` unless `args[0]` carries `#name`.
     pub export: String,
+}
+
+/// Where a wasm module comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleSource {
+    /// A file in the container's rootfs, by its absolute path there.
+    Rootfs(PathBuf),
+    /// A wasm layer of the container's image, copied to the node's cache.
+    Layer { image: String, sha256: String, file: PathBuf },
+}
+
+impl ModuleSource {
+    /// How errors and logs name the module.
+    pub fn name(&self) -> String {
+        match self {
+            ModuleSource::Rootfs(path) => path.display().to_string(),
+            ModuleSource::Layer { image, sha256, .. } => format!("layer sha256:{sha256} of image {image}"),
+        }
+    }
+
+    /// The instance process's arguments that carry this source.
+    pub fn to_args(&self) -> Vec<OsString> {
+        match self {
+            ModuleSource::Rootfs(path) => vec!["rootfs".into(), path.into()],
+            ModuleSource::Layer { image, sha256, file } => vec!["layer".into(), image.into(), sha256.into(), file.into()],
+        }
+    }
+
+    pub fn from_args(args: &[String]) -> Option<Self> {
+        match args {
+            [kind, path] if kind == "rootfs" => Some(ModuleSource::Rootfs(path.into())),
+            [kind, image, sha256, file] if kind == "layer" => {
+                Some(ModuleSource::Layer { image: image.clone(), sha256: sha256.clone(), file: file.into() })
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -69,7 +106,7 @@ pub fn resolve(rootfs: &Path, args: &[String], env: &[String], cwd: &str) -> Res
         .and_then(|mut f| read_up_to(&mut f, &mut magic))
         .map_err(|e| EntryError::Unreadable { path: shown.clone(), reason: e.to_string() })?;
     match &magic[..read] {
-        m if m == WASM_MAGIC => Ok(Workload::Wasm(WasmEntry { path, export: export.to_string() })),
+        m if m == WASM_MAGIC => Ok(Workload::Wasm(WasmEntry { module: ModuleSource::Rootfs(path), export: export.to_string() })),
         m if m == ELF_MAGIC || m.starts_with(b"#!") => Ok(Workload::Native),
         _ => Err(EntryError::Unknown(shown)),
     }
@@ -147,7 +184,7 @@ mod tests {
     fn wasm_entrypoint_is_found_by_absolute_path_and_export() {
         let root = rootfs_with(&[("/app.wasm", b"\0asm\x01\0\0\0")]);
         let entry = resolve(root.path(), &args(&["/app.wasm#greet"]), &[], "/").unwrap();
-        assert_eq!(entry, Workload::Wasm(WasmEntry { path: "/app.wasm".into(), export: "greet".into() }));
+        assert_eq!(entry, Workload::Wasm(WasmEntry { module: ModuleSource::Rootfs("/app.wasm".into()), export: "greet".into() }));
     }
 
     #[test]
@@ -156,7 +193,7 @@ mod tests {
         let env = args(&["PATH=/usr/bin:/opt/bin"]);
         let entry = resolve(root.path(), &args(&["tool.wasm"]), &env, "/").unwrap();
         let Workload::Wasm(entry) = entry else { panic!("not wasm: {entry:?}") };
-        assert_eq!(entry.path, PathBuf::from("/opt/bin/tool.wasm"));
+        assert_eq!(entry.module, ModuleSource::Rootfs("/opt/bin/tool.wasm".into()));
     }
 
     #[test]
@@ -174,6 +211,16 @@ mod tests {
         assert_eq!(run("/text"), EntryError::Unknown("/text".into()));
         assert_eq!(run("/empty"), EntryError::Unknown("/empty".into()));
         assert_eq!(resolve(root.path(), &[], &[], "/").unwrap_err(), EntryError::NoArgs);
+    }
+
+    #[test]
+    fn module_sources_travel_as_arguments() {
+        let layer = ModuleSource::Layer { image: "example.com/app:1".into(), sha256: "ab".into(), file: "/cache/layers/ab.wasm".into() };
+        for source in [ModuleSource::Rootfs("/app.wasm".into()), layer] {
+            let args: Vec<String> = source.to_args().into_iter().map(|a| a.into_string().unwrap()).collect();
+            assert_eq!(ModuleSource::from_args(&args), Some(source));
+        }
+        assert_eq!(ModuleSource::from_args(&args(&["elsewhere", "/x"])), None);
     }
 
     #[test]

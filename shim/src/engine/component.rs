@@ -1,6 +1,5 @@
 //! A WASI 0.2 component that exports `wasi:cli/run`: instantiate, run.
 
-use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -28,7 +27,7 @@ pub struct Prepared {
     command: Command,
 }
 
-pub fn prepare(engine: &Engine, component: &Component, name: &Path, guest: &Guest) -> Result<Prepared> {
+pub fn prepare(engine: &Engine, component: &Component, name: &str, guest: &Guest) -> Result<Prepared> {
     let ctx = wasi_context(guest)?.build();
     let mut store = Store::new(engine, State { ctx, table: ResourceTable::new(), limits: memory_cap(guest) });
     store.limiter(|s| &mut s.limits);
@@ -36,7 +35,7 @@ pub fn prepare(engine: &Engine, component: &Component, name: &Path, guest: &Gues
     let mut linker: Linker<State> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     let command = Command::instantiate(&mut store, component, &linker)
-        .map_err(|e| anyhow!("cannot run {} as a wasi:cli command: {e:#}", name.display()))?;
+        .map_err(|e| anyhow!("cannot run {} as a wasi:cli command: {e:#}", name))?;
     Ok(Prepared { store, command })
 }
 

@@ -6,11 +6,10 @@ mod component;
 mod module;
 
 use std::io::Write;
-use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use wasmtime::component::Component;
-use wasmtime::{Engine, Module, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, Module, Precompiled, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::cache::{Cache, Outcome};
@@ -72,37 +71,37 @@ pub fn new_engine() -> Result<Engine> {
     Ok(Engine::new(&wasmtime::Config::new())?)
 }
 
-/// Loads `wasm` (shown as `name` in errors) from the cache, compiling on a miss.
-pub fn load(engine: &Engine, cache: &Cache, wasm: &[u8], name: &Path) -> Result<(Program, Outcome)> {
-    let component = is_component(wasm);
-    let (artifact, outcome) = cache.artifact(engine, wasm, || {
-        let compiled = if component { engine.precompile_component(wasm) } else { engine.precompile_module(wasm) };
-        compiled.map_err(|e| anyhow!("invalid wasm module {}: {e:#}", name.display()))
+/// Loads the wasm whose sha256 is `key` (shown as `name` in errors) from the
+/// cache; on a miss, `read` gives its bytes to compile.
+pub fn load(engine: &Engine, cache: &Cache, key: &str, read: impl FnOnce() -> Result<Vec<u8>>, name: &str) -> Result<(Program, Outcome)> {
+    let (artifact, outcome) = cache.artifact(engine, key, || {
+        let wasm = read()?;
+        let compiled = if is_component(&wasm) { engine.precompile_component(&wasm) } else { engine.precompile_module(&wasm) };
+        compiled.map_err(|e| anyhow!("invalid wasm module {name}: {e:#}"))
     })?;
+    let kind = Engine::detect_precompiled_file(&artifact).map_err(anyhow::Error::from).with_context(|| format!("read {}", artifact.display()))?;
     // Safety: the artifact was written by this engine and its checksum was
     // verified just now; the cache never rewrites an entry in place.
     let program = unsafe {
-        if component {
-            Component::deserialize_file(engine, &artifact).map(Program::Component)
-        } else {
-            Module::deserialize_file(engine, &artifact).map(Program::Module)
+        match kind {
+            Some(Precompiled::Component) => Component::deserialize_file(engine, &artifact).map(Program::Component),
+            Some(Precompiled::Module) => Module::deserialize_file(engine, &artifact).map(Program::Module),
+            None => bail!("{} is not compiled wasm", artifact.display()),
         }
     };
-    let program = program
-        .map_err(anyhow::Error::from)
-        .with_context(|| format!("load compiled {} from {}", name.display(), artifact.display()))?;
+    let program = program.map_err(anyhow::Error::from).with_context(|| format!("load compiled {name} from {}", artifact.display()))?;
     Ok((program, outcome))
 }
 
 /// Instantiates the program with WASI; every linking problem surfaces here,
 /// before the task is reported as created. A module runs `export`; a
 /// component runs `wasi:cli/run`.
-pub fn prepare(engine: &Engine, program: &Program, name: &Path, export: &str, guest: &Guest) -> Result<Prepared> {
+pub fn prepare(engine: &Engine, program: &Program, name: &str, export: &str, guest: &Guest) -> Result<Prepared> {
     match program {
         Program::Module(module) => Ok(Prepared::Module(module::prepare(engine, module, name, export, guest)?)),
         Program::Component(component) => {
             if export != "_start" {
-                bail!("{} is a component, which runs wasi:cli/run: `#{export}` is for core modules", name.display());
+                bail!("{name} is a component, which runs wasi:cli/run: `#{export}` is for core modules");
             }
             Ok(Prepared::Component(component::prepare(engine, component, name, guest)?))
         }
@@ -202,7 +201,7 @@ mod tests {
         let engine = new_engine()?;
         let module = Program::Module(Module::new(&engine, wat::parse_str(wat)?)?);
         let guest = Guest { args: &["m".into()], env: &[], cwd: "/", memory_limit };
-        Ok(run(prepare(&engine, &module, Path::new("/m.wasm"), export, &guest)?).code)
+        Ok(run(prepare(&engine, &module, "/m.wasm", export, &guest)?).code)
     }
 
     const EXIT_42: &str = r#"(module

@@ -1,6 +1,5 @@
 //! A core module with WASI preview 1: instantiate, find the export, run it.
 
-use std::path::Path;
 
 use anyhow::{anyhow, Result};
 use wasmtime::{Engine, Linker, Module, Store, TypedFunc};
@@ -21,7 +20,7 @@ pub struct Prepared {
     entry: TypedFunc<(), ()>,
 }
 
-pub fn prepare(engine: &Engine, module: &Module, name: &Path, export: &str, guest: &Guest) -> Result<Prepared> {
+pub fn prepare(engine: &Engine, module: &Module, name: &str, export: &str, guest: &Guest) -> Result<Prepared> {
     let wasi = wasi_context(guest)?.build_p1();
     let mut store = Store::new(engine, State { wasi, limits: memory_cap(guest) });
     store.limiter(|s| &mut s.limits);
@@ -30,7 +29,7 @@ pub fn prepare(engine: &Engine, module: &Module, name: &Path, export: &str, gues
     p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;
     let instance = linker
         .instantiate(&mut store, module)
-        .map_err(|e| anyhow!("cannot satisfy the imports of {}: {e:#}", name.display()))?;
+        .map_err(|e| anyhow!("cannot satisfy the imports of {}: {e:#}", name))?;
     // A reactor initialises itself before any other export is called; that
     // is guest code, so it runs in `run`, after privileges are dropped.
     let init = match export {
@@ -39,10 +38,10 @@ pub fn prepare(engine: &Engine, module: &Module, name: &Path, export: &str, gues
     };
     let func = instance
         .get_func(&mut store, export)
-        .ok_or_else(|| anyhow!("export `{export}` not found in {}", name.display()))?;
+        .ok_or_else(|| anyhow!("export `{export}` not found in {}", name))?;
     let entry = func
         .typed::<(), ()>(&store)
-        .map_err(|_| anyhow!("export `{export}` of {} must take no parameters and return nothing", name.display()))?;
+        .map_err(|_| anyhow!("export `{export}` of {} must take no parameters and return nothing", name))?;
     Ok(Prepared { store, init, entry })
 }
 

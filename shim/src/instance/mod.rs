@@ -1,5 +1,5 @@
 //! The instance process: one per wasm container, started by the shim as
-//! `containerd-shim-wasmlet-v1 instance BUNDLE MODULE EXPORT` with the
+//! `containerd-shim-wasmlet-v1 instance BUNDLE EXPORT SOURCE...` with the
 //! container's stdio. It isolates itself, loads the module, reports on the
 //! status pipe, waits for Start, then runs the guest and exits with its code.
 
@@ -14,10 +14,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::Spec;
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
 
-use crate::cache::Cache;
-use crate::engine::{self, Guest, Prepared};
+use crate::cache::{Cache, Outcome};
+use crate::engine::{self, Guest, Prepared, Program};
 use crate::handshake::{self, START_FD, STATUS_FD};
+use crate::workload::ModuleSource;
 use crate::{cgroup, rootfs, workload};
 
 pub fn main(args: &[String]) -> ! {
@@ -52,6 +55,23 @@ pub fn main(args: &[String]) -> ! {
     std::process::exit(ended.code);
 }
 
+/// The program from the node cache: a layer is found by its digest alone,
+/// a module in the rootfs by the sha256 of its bytes.
+fn load(engine: &Engine, source: &ModuleSource, rootfs: &Path) -> Result<(Program, Outcome)> {
+    let cache = Cache::from_env()?;
+    let name = source.name();
+    match source {
+        ModuleSource::Rootfs(path) => {
+            let wasm = workload::read_module(rootfs, path).with_context(|| format!("read {name}"))?;
+            let key = hex::encode(Sha256::digest(&wasm));
+            engine::load(engine, &cache, &key, || Ok(wasm), &name)
+        }
+        ModuleSource::Layer { sha256, file, .. } => {
+            engine::load(engine, &cache, sha256, || std::fs::read(file).with_context(|| format!("read {}", file.display())), &name)
+        }
+    }
+}
+
 fn start_requested() -> bool {
     // Safety: as for the status pipe.
     let mut start = unsafe { File::from_raw_fd(START_FD) };
@@ -62,9 +82,10 @@ fn start_requested() -> bool {
 /// Sets everything up; returns the guest ready to run and the file kubelet
 /// reads the termination message from, if the container has one.
 fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf>)> {
-    let [bundle, module_path, export] = args else {
-        bail!("usage: instance BUNDLE MODULE EXPORT");
+    let [bundle, export, source @ ..] = args else {
+        bail!("usage: instance BUNDLE EXPORT (rootfs PATH | layer IMAGE SHA256 FILE)");
     };
+    let source = ModuleSource::from_args(source).context("usage: instance BUNDLE EXPORT (rootfs PATH | layer IMAGE SHA256 FILE)")?;
     let bundle = Path::new(bundle);
     let spec = Spec::load(bundle.join("config.json")).context("read the OCI spec")?;
     let process = spec.process().as_ref().context("the spec has no process")?;
@@ -78,11 +99,10 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
     isolation::enter_namespaces(&spec)?;
 
     let rootfs = rootfs::path_of(&spec, bundle);
-    let module_path = Path::new(module_path);
-    let wasm = workload::read_module(&rootfs, module_path).with_context(|| format!("read {}", module_path.display()))?;
+    let name = source.name();
     let engine = engine::new_engine()?;
-    let (program, outcome) = engine::load(&engine, &Cache::from_env(), &wasm, module_path)?;
-    let _ = writeln!(status, "log compiled code for {}: cache {outcome:?}", module_path.display());
+    let (program, outcome) = load(&engine, &source, &rootfs)?;
+    let _ = writeln!(status, "log compiled code for {name}: cache {outcome:?}");
 
     privileges::ensure_single_thread()?;
     isolation::enter_rootfs(&spec, &rootfs)?;
@@ -99,7 +119,7 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
             cgroup::guest_memory_cap(limit, used)
         }),
     };
-    let prepared = engine::prepare(&engine, &program, module_path, export, &guest)?;
+    let prepared = engine::prepare(&engine, &program, &name, export, &guest)?;
     privileges::drop_all(process.user())?;
     Ok((prepared, termination::path_of(&spec)))
 }

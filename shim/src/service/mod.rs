@@ -20,18 +20,22 @@ use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 use tracing::{info, warn};
 
+use crate::cache::Cache;
 use crate::events::Publisher;
 use crate::exec::Exec;
+use crate::image::ContentStore;
 use crate::launch;
 use crate::options::RuntimeOptions;
 use crate::runc::{ForgetPid, Runc};
 use crate::stdio::IoPaths;
 use crate::task::{Exit, Runtime, Task};
-use crate::workload::Workload;
+use crate::workload::{EntryError, ModuleSource, WasmEntry, Workload};
 use crate::{cgroup, rootfs, workload};
 
 pub struct Service {
     namespace: String,
+    /// containerd's API socket, where wasm artifacts' images are read.
+    containerd_address: String,
     publisher: Arc<Publisher>,
     state: Arc<Mutex<Tasks>>,
     shutdown: Arc<ExitSignal>,
@@ -92,8 +96,8 @@ fn unsupported(operation: &str) -> ttrpc::Error {
 }
 
 impl Service {
-    pub fn new(namespace: String, publisher: Publisher, shutdown: Arc<ExitSignal>) -> Self {
-        let service = Service { namespace, publisher: Arc::new(publisher), state: Arc::default(), shutdown };
+    pub fn new(namespace: String, containerd_address: String, publisher: Publisher, shutdown: Arc<ExitSignal>) -> Self {
+        let service = Service { namespace, containerd_address, publisher: Arc::new(publisher), state: Arc::default(), shutdown };
         service.watch_exits();
         service
     }
@@ -171,21 +175,24 @@ impl Service {
     }
 
     fn launch_in(&self, bundle: &Path, rootfs: &Path, spec: &Spec, req: &CreateTaskRequest) -> anyhow::Result<Arc<Task>> {
+        let options = RuntimeOptions::from_request(req.options.as_ref())?;
+        let cache = options.cache()?;
         let process = spec.process().as_ref().ok_or_else(|| anyhow::anyhow!("the OCI spec has no process"))?;
-        let entry = workload::resolve(
-            rootfs,
-            process.args().as_deref().unwrap_or_default(),
-            process.env().as_deref().unwrap_or_default(),
-            process.cwd().to_str().unwrap_or("/"),
-        )?;
+        let args = process.args().as_deref().unwrap_or_default();
+        let resolved = workload::resolve(rootfs, args, process.env().as_deref().unwrap_or_default(), process.cwd().to_str().unwrap_or("/"));
+        let workload = match resolved {
+            // The rootfs of a wasm artifact is empty: its module is a layer.
+            Err(err @ (EntryError::NotFound(_) | EntryError::NoArgs)) => self.artifact_entry(&req.id, args, &cache)?.ok_or(err)?,
+            resolved => resolved?,
+        };
         let io = IoPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
-        let entry = match entry {
+        let entry = match workload {
             Workload::Wasm(entry) => entry,
-            Workload::Native => return self.create_native(bundle, spec, req, io),
+            Workload::Native => return self.create_native(bundle, spec, req, &options, io),
         };
         let cgroup_path = cgroup::path_of(spec)?;
         let id = req.id.clone();
-        let launched = launch::launch(bundle, &entry, &io, |line| info!(task = %id, "{line}"));
+        let launched = launch::launch(bundle, &entry, &cache, &io, |line| info!(task = %id, "{line}"));
         let launched = match launched {
             Ok(launched) => launched,
             Err((pid, err)) => {
@@ -202,12 +209,25 @@ impl Service {
         self.register(Task::wasm(req.id.clone(), bundle.to_path_buf(), io, cgroup_path, launched))
     }
 
+    /// The wasm layer of the container's image, when the image is a wasm
+    /// artifact: copied into the node cache, named by the command if it has
+    /// several.
+    fn artifact_entry(&self, container_id: &str, args: &[String], cache: &Cache) -> anyhow::Result<Option<Workload>> {
+        let (name, export) = args.first().map(|arg0| workload::split_export(arg0)).map_or((None, "_start"), |(n, e)| (Some(n), e));
+        let store = ContentStore::connect(&self.containerd_address, &self.namespace)?;
+        let Some(layer) = store.wasm_layer(container_id, name)? else {
+            return Ok(None);
+        };
+        let file = cache.layer(layer.hex(), |file| store.copy_layer(&layer, file))?;
+        let module = ModuleSource::Layer { sha256: layer.hex().to_string(), image: layer.image, file };
+        Ok(Some(Workload::Wasm(WasmEntry { module, export: export.to_string() })))
+    }
+
     /// Hands a non-wasm container to runc with its full spec.
-    fn create_native(&self, bundle: &Path, spec: &Spec, req: &CreateTaskRequest, io: IoPaths) -> anyhow::Result<Arc<Task>> {
+    fn create_native(&self, bundle: &Path, spec: &Spec, req: &CreateTaskRequest, options: &RuntimeOptions, io: IoPaths) -> anyhow::Result<Arc<Task>> {
         let state = self.state.clone();
         let forget: ForgetPid = Arc::new(move |pid| state.lock().unwrap().discard(pid));
-        let options = RuntimeOptions::from_request(req.options.as_ref())?;
-        let runc = Arc::new(Runc::new(&options, &self.namespace, forget));
+        let runc = Arc::new(Runc::new(options, &self.namespace, forget));
         let pid = runc.create(&req.id, bundle, &io).inspect_err(|_| {
             // runc may have kept state for the half-made container.
             let _ = runc.delete(&req.id, bundle);
