@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the example workloads and packs them, plus a native runc image,
 # a busybox image, the pod sandbox's pause image and some broken images,
-# into <repo>/out/images/*.tar
-# for `ctr images import`. Works from any directory; installs the wasm
+# into <repo>/out/images/*.tar for `ctr images import`, and the wasm images
+# of both kinds (plain, artifact) into <repo>/out/registry-images/*.tar for
+# images/push.py. Works from any directory; installs the wasm
 # target and busybox-static only when they are missing.
 set -euo pipefail
 
@@ -10,6 +11,9 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(dirname "$HERE")"
 OUT="$REPO/out"
 IMAGES="$OUT/images"
+# Images for the registry tests, pushed rather than imported (a wasi/wasm
+# platform image does not import into a linux/amd64 containerd as it is).
+REGISTRY_IMAGES="$OUT/registry-images"
 SCRATCH="$OUT/image-files"
 WORKLOADS="$HERE/workloads"
 TARGET_DIR="$WORKLOADS/target"
@@ -121,6 +125,25 @@ pack_bad_images() {
         --file "/app.wasm=$SCRATCH/bad-import.wasm" --entrypoint /app.wasm
 }
 
+wasm_image() {
+    python3 "$HERE/wasm_image.py" "$@"
+}
+
+# Both kinds of wasm image, plus artifacts the shim must refuse clearly.
+pack_registry_images() {
+    mkdir -p "$REGISTRY_IMAGES"
+    local hello="$WASM_DIR/hello.wasm" exit_code="$WASM_DIR/exit-code.wasm"
+    wasm_image plain --name wasmlet.test/hello-plain:latest --out "$REGISTRY_IMAGES/hello-plain.tar" "$hello"
+    wasm_image artifact --name wasmlet.test/hello-artifact:latest --out "$REGISTRY_IMAGES/hello-artifact.tar" "$hello"
+    wasm_image artifact --name wasmlet.test/tcp-hello-artifact:latest --out "$REGISTRY_IMAGES/tcp-hello-artifact.tar" \
+        "$COMPONENT_DIR/tcp-hello.wasm"
+    wasm_image artifact --name wasmlet.test/two-layers:latest --out "$REGISTRY_IMAGES/two-layers.tar" "$hello" "$exit_code"
+    # Not hello.wasm: CRI knows an image by its config's digest, which
+    # would then be hello-artifact's.
+    wasm_image artifact --name wasmlet.test/bad-layer-type:latest --out "$REGISTRY_IMAGES/bad-layer-type.tar" \
+        --layer-type application/vnd.example.unknown "$exit_code"
+}
+
 main() {
     ensure_tools
     build_workloads
@@ -129,8 +152,9 @@ main() {
     pack_wasm_images
     pack_native_images
     pack_bad_images
-    log "images written to $IMAGES:"
-    ls -1 "$IMAGES" >&2
+    pack_registry_images
+    log "images written to $IMAGES and $REGISTRY_IMAGES:"
+    ls -1 "$IMAGES" "$REGISTRY_IMAGES" >&2
 }
 
 main "$@"

@@ -17,7 +17,8 @@ read like the pod lifecycle:
     kubelet.close()
 
 Failed calls raise grpc.RpcError; .details() holds containerd's message.
-Images are never pulled: they must be in containerd's k8s.io namespace.
+Images must be in containerd's k8s.io namespace: imported, or pulled with
+pull_image (tests/e2e/test_cri_images.py, from a loopback registry).
 """
 
 import contextlib
@@ -61,9 +62,13 @@ class Kubelet:
 
     # ---- images ----------------------------------------------------------------
 
+    def pull_image(self, image):
+        """PullImage, as kubelet's image manager pulls; returns the image ref."""
+        return self._call(self.images.PullImage, v1.PullImageRequest(image=v1.ImageSpec(image=image))).image_ref
+
     def image_ref(self, image):
-        """The id of a local image, as kubelet's image manager resolves it
-        (pull policy Never: the tests have no registry to pull from)."""
+        """The id of an image containerd has (pulled, or imported by the
+        tests), as kubelet's image manager resolves it."""
         status = self._call(self.images.ImageStatus,
                             v1.ImageStatusRequest(image=v1.ImageSpec(image=image)))
         if not status.image.id:

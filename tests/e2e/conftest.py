@@ -14,12 +14,17 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # so tests can `import harness`
-# ...and the CRI helpers: `import pods`, `import kubelet`.
+# ...and the CRI helpers: `import pods`, `import kubelet`; the registry
+# (`import registry`) and the image tools (`import push`).
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "cri"))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "images"))
 
 from harness import CONTAINERD_VERSION, REPO_ROOT, Containerd, containerd_bin_dir  # noqa: E402
 
 IMAGES_DIR = os.path.join(REPO_ROOT, "out", "images")
+# Pushed to the test registry as <registry>/wasmlet/<name>:latest.
+REGISTRY_IMAGES_DIR = os.path.join(REPO_ROOT, "out", "registry-images")
 # containerd's log is copied here at the end, since its temp dir goes away.
 # One per version, so `make e2e` keeps the log of each.
 LOG_COPY = os.path.join(REPO_ROOT, "out", "e2e", f"containerd-{CONTAINERD_VERSION}.log")
@@ -94,6 +99,28 @@ def cri():
             kubelet.close()
         _save_log(ctd, CRI_LOG_COPY)
         ctd.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(cri):
+    """A registry on 127.0.0.1 holding every image of REGISTRY_IMAGES_DIR,
+    which the `cri` containerd pulls from over plain HTTP."""
+    import push
+    from registry import Registry
+
+    archives = sorted(glob.glob(os.path.join(REGISTRY_IMAGES_DIR, "*.tar")))
+    if not archives:
+        pytest.fail(f"no images in {REGISTRY_IMAGES_DIR}: run make images", pytrace=False)
+    reg = Registry()
+    atexit.register(reg.stop)
+    try:
+        for archive in archives:
+            name = os.path.basename(archive)[:-len(".tar")]
+            push.push_archive(archive, f"{reg.host}/wasmlet/{name}:latest")
+        cri.ctd.trust_registry(reg.host)
+        yield reg
+    finally:
+        reg.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -124,6 +124,8 @@ class Containerd:
         # CRI: pods' cgroups go below this (kubelet would use /kubepods);
         # named after the temp dir, so no other harness ever uses it.
         self.pod_cgroup_root = "/" + os.path.basename(self.dir) + "-kubepods"
+        # CRI: one hosts.toml per registry we may pull from (trust_registry).
+        self.registry_hosts_dir = os.path.join(self.dir, "registry-hosts")
         # Cgroup dirs below /sys/fs/cgroup[/*] that tasks of ours live in.
         self._cgroup_roots = [self.pod_cgroup_root.strip("/")] if cri else [namespace]
         for d in (self.root, self.state, self.cache_dir, self.fifo_dir):
@@ -230,6 +232,9 @@ disabled_plugins = [{disabled_list}]
 [{images}.pinned_images]
   sandbox = "{PAUSE_IMAGE}"
 
+[{images}.registry]
+  config_path = "{self.registry_hosts_dir}"
+
 [{runtime}]
 {common}
 [{runtime}.cni]
@@ -247,6 +252,9 @@ disabled_plugins = [{disabled_list}]
 [{cri}.cni]
   bin_dir = "{self.cni_bin_dir}"
   conf_dir = "{self.cni_conf_dir}"
+
+[{cri}.registry]
+  config_path = "{self.registry_hosts_dir}"
 {self._cri_runtimes(cri + ".containerd", snapshotter)}"""
 
     def _cri_runtimes(self, table, extra=""):
@@ -334,6 +342,14 @@ disabled_plugins = [{disabled_list}]
         if check and res.returncode != 0:
             raise CtrError(res.returncode, cmd, res.stdout, res.stderr)
         return res
+
+    def trust_registry(self, host):
+        """CRI pulls from host ("127.0.0.1:PORT") over plain HTTP. containerd
+        reads the hosts dir at each pull, so this works while it runs."""
+        directory = os.path.join(self.registry_hosts_dir, host)
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "hosts.toml"), "w") as f:
+            f.write(f'server = "http://{host}"\n\n[host."http://{host}"]\n  capabilities = ["pull", "resolve"]\n')
 
     def import_images(self, directory, names=("*",)):
         """Import the archives <name>.tar in directory (default: all);

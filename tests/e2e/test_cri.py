@@ -22,12 +22,13 @@ def runtime_of(ctd, container_id):
 
 
 def run_to_completion(cri, manifest):
-    """Run a one-container pod like kubelet until its container exits, then
-    stop and remove the pod. Returns what was seen on the way: the sandbox's
-    status and runtime while it ran, the container's runtime, its final
-    status and its CRI log entries."""
+    """Run a one-container pod (a Pod, or a manifest's file name) like
+    kubelet until its container exits, then stop and remove the pod.
+    Returns what was seen on the way: the sandbox's status and runtime while
+    it ran, the container's runtime, its final status and its CRI log
+    entries."""
     kubelet = cri.kubelet
-    pod = Pod.load(os.path.join(MANIFESTS, manifest))
+    pod = manifest if isinstance(manifest, Pod) else Pod.load(os.path.join(MANIFESTS, manifest))
     (name,) = pod.containers
     seen = {}
     sandbox_id = kubelet.run_pod_sandbox(pod)
