@@ -5,7 +5,7 @@ SHELL := bash
 # Steps depend on each other's side effects (deps before build...): keep order.
 .NOTPARALLEL:
 
-.PHONY: help deps build images unit e2e test demo bench clean
+.PHONY: help deps build images unit e2e test demo bench clean wasm-image push
 
 # containerd versions `make e2e` runs the suite against, one whole run each
 # (tests/containerd.sh fetches the newer ones). The demo and bench use 1.6.20.
@@ -22,6 +22,10 @@ help:
 	@echo "  test    deps + build + images + unit + e2e (what CI runs)"
 	@echo "  demo    run wasm and runc tasks side by side and print a table"
 	@echo "  bench   run the benchmarks (tests/bench.py)"
+	@echo "  wasm-image KIND=plain|artifact WASM=FILE NAME=REF OUT=TAR"
+	@echo "          pack a .wasm as an OCI image archive (images/wasm_image.py)"
+	@echo "  push IMAGE=TAR REF=HOST/REPO:TAG"
+	@echo "          push an archive to a registry over plain HTTP (images/push.py)"
 	@echo "  clean   remove build outputs (target/, out/)"
 
 deps:
@@ -55,6 +59,12 @@ demo: deps build images
 
 bench: deps build images
 	python3 tests/bench.py
+
+wasm-image:
+	python3 images/wasm_image.py "$(KIND)" --name "$(NAME)" --out "$(OUT)" $(WASM)
+
+push:
+	python3 images/push.py "$(IMAGE)" "$(REF)"
 
 clean:
 	cargo clean
