@@ -25,6 +25,8 @@ import subprocess
 import tempfile
 import time
 
+from harness import file_tail, terminate  # tests/e2e, on the path in the e2e suite
+
 REGISTRY_BIN = "/usr/bin/docker-registry"
 PACKAGE = "docker-registry"
 # Debian's mechanism to keep maintainer scripts from starting services:
@@ -172,20 +174,10 @@ class Registry:
 
     def log_tail(self, lines=30):
         """The last lines of the registry's log, for error messages."""
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return "(no registry log)"
+        return file_tail(self.log_path, lines, "(no registry log)")
 
     def _kill(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
     def stop(self):
         """Stop the registry and remove its dir (config, storage, log). Idempotent."""

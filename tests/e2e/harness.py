@@ -322,11 +322,7 @@ disabled_plugins = [{disabled_list}]
 
     def log_tail(self, lines=40):
         """The last lines of containerd's log, for error messages."""
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return "(no containerd log)"
+        return file_tail(self.log_path, lines, "(no containerd log)")
 
     # ---- ctr -----------------------------------------------------------
 
@@ -658,13 +654,7 @@ disabled_plugins = [{disabled_list}]
                 self.delete_all()
             except Exception as e:  # keep cleaning up whatever happens
                 print(f"harness: delete_all failed: {e}", file=sys.stderr)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self._kill_strays()
         # Killed shims can't remove their sockets.
         for path in self._shim_sockets():
@@ -718,6 +708,27 @@ disabled_plugins = [{disabled_list}]
                     os.rmdir(dirpath)
                 except OSError as e:
                     print(f"harness: cannot remove cgroup {dirpath}: {e}", file=sys.stderr)
+
+
+def terminate(proc, grace_seconds=10):
+    """SIGTERM a Popen (if any, and running), SIGKILL after the grace period."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def file_tail(path, lines, missing):
+    """The last lines of a log file, or `missing` if it cannot be read."""
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return missing
 
 
 def toml_lines(table):
