@@ -187,8 +187,10 @@ fn engine_key(engine: &Engine) -> String {
 /// Ok(true): sound entry; Ok(false): present but corrupt; Err: absent or unreadable.
 fn verify(artifact: &Path, checksum: &Path) -> std::io::Result<bool> {
     let expected = fs::read_to_string(checksum)?;
-    let actual = hex::encode(Sha256::digest(fs::read(artifact)?));
-    Ok(expected.trim() == actual)
+    // Streamed: compiled code can be tens of MB, and this runs on every start.
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut File::open(artifact)?, &mut hasher)?;
+    Ok(expected.trim() == hex::encode(hasher.finalize()))
 }
 
 /// Writes through a temporary file in the same directory and renames it into

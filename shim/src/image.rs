@@ -97,17 +97,8 @@ impl ContentStore {
 
     /// Copies a layer into `file`, checking it against its digest.
     pub fn copy_layer(&self, layer: &WasmLayer, file: &mut impl Write) -> Result<()> {
-        let mut hasher = Sha256::new();
-        self.read_stream(&layer.digest, |chunk| {
-            hasher.update(chunk);
-            file.write_all(chunk).context("write the layer")
-        })
-        .with_context(|| format!("image {}: read layer {} from containerd's content store", layer.image, layer.digest))?;
-        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if actual != layer.digest {
-            bail!("image {}: layer {} has digest {actual}: the content does not match", layer.image, layer.digest);
-        }
-        Ok(())
+        self.read_verified("layer", &layer.digest, |chunk| file.write_all(chunk).context("write the layer"))
+            .with_context(|| format!("image {}", layer.image))
     }
 
     fn container_image(&self, id: &str) -> Result<String> {
@@ -131,28 +122,34 @@ impl ContentStore {
             bail!("{} {digest} is {} bytes, more than a manifest or config can be", descriptor.media_type(), descriptor.size());
         }
         let mut bytes = Vec::new();
-        self.read_stream(&digest, |chunk| {
+        self.read_verified(&descriptor.media_type().to_string(), &digest, |chunk| {
             bytes.extend_from_slice(chunk);
             Ok(())
-        })
-        .with_context(|| format!("read {digest} from containerd's content store"))?;
-        let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        if actual != digest {
-            bail!("{} {digest} has digest {actual}: the content does not match", descriptor.media_type());
-        }
+        })?;
         serde_json::from_slice(&bytes).with_context(|| format!("parse {} {digest}", descriptor.media_type()))
     }
 
-    fn read_stream(&self, digest: &str, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    /// Streams the blob `digest` (a `what`, in messages) to `each`, then
+    /// checks the content against the digest.
+    fn read_verified(&self, what: &str, digest: &str, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let mut client = ContentClient::new(self.channel.clone());
         let request = self.request(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 });
-        self.runtime.block_on(async {
-            let mut stream = client.read(request).await?.into_inner();
-            while let Some(chunk) = stream.message().await? {
-                each(&chunk.data)?;
-            }
-            Ok(())
-        })
+        let mut hasher = Sha256::new();
+        self.runtime
+            .block_on(async {
+                let mut stream = client.read(request).await?.into_inner();
+                while let Some(chunk) = stream.message().await? {
+                    hasher.update(&chunk.data);
+                    each(&chunk.data)?;
+                }
+                anyhow::Ok(())
+            })
+            .with_context(|| format!("read {what} {digest} from containerd's content store"))?;
+        let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if actual != digest {
+            bail!("{what} {digest} has digest {actual}: the content does not match");
+        }
+        Ok(())
     }
 
     fn request<T>(&self, message: T) -> Request<T> {

@@ -4,6 +4,7 @@
 
 import atexit
 import collections
+import contextlib
 import glob
 import os
 import shutil
@@ -76,16 +77,25 @@ def ctd():
 def cri():
     """A containerd of its own serving CRI (namespace k8s.io), with every
     image imported, and a Kubelet to run pods through it."""
+    with cri_session(log_copy=CRI_LOG_COPY) as session:
+        yield session
+
+
+@contextlib.contextmanager
+def cri_session(image_names=("*",), log_copy=None, **containerd_options):
+    """A CRI containerd (Containerd options as given) with the images
+    <name>.tar of IMAGES_DIR imported and a Kubelet on it; every pod,
+    process and file of it is gone afterwards (its log kept as log_copy)."""
     if not os.path.exists(os.path.join(IMAGES_DIR, "pause.tar")):
         pytest.fail(f"no pause image in {IMAGES_DIR}: run make images", pytrace=False)
     from kubelet import Kubelet  # generates the CRI stubs on first use
 
-    ctd = Containerd(cri=True)
+    ctd = Containerd(cri=True, **containerd_options)
     atexit.register(ctd.stop)
     _current.append(ctd)
     kubelet = None
     try:
-        ctd.import_images(IMAGES_DIR)
+        ctd.import_images(IMAGES_DIR, image_names)
         kubelet = Kubelet(ctd.socket, os.path.join(ctd.dir, "kubelet"), ctd.pod_cgroup_root)
         yield Cri(ctd, kubelet)
     finally:
@@ -97,7 +107,8 @@ def cri():
             except Exception as e:  # stop() below cleans up the rest
                 print(f"conftest: removing pods failed: {e}", file=sys.stderr)
             kubelet.close()
-        _save_log(ctd, CRI_LOG_COPY)
+        if log_copy:
+            _save_log(ctd, log_copy)
         ctd.stop()
 
 

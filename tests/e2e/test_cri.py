@@ -5,9 +5,9 @@ import os
 import re
 import shutil
 
-from conftest import IMAGES_DIR, Cri
-from harness import REPO_ROOT, RUNC_RUNTIME, WASM_RUNTIME, Containerd
-from kubelet import Kubelet, read_cri_log, v1
+from conftest import cri_session
+from harness import REPO_ROOT, RUNC_RUNTIME, WASM_RUNTIME
+from kubelet import read_cri_log, v1
 from pods import Pod
 
 MANIFESTS = os.path.join(REPO_ROOT, "tests", "cri", "manifests")
@@ -114,19 +114,11 @@ def test_runtime_options_reach_the_shims_runc(tmp_path):
     wrapper = tmp_path / "runc-wrapper"
     wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("runc")} "$@"\n')
     wrapper.chmod(0o755)
-    ctd = Containerd(cri=True, wasmlet_options={"BinaryName": str(wrapper)})
-    kubelet = None
-    try:
-        ctd.import_images(IMAGES_DIR, names=["pause", "hello"])
-        kubelet = Kubelet(ctd.socket, os.path.join(ctd.dir, "kubelet"), ctd.pod_cgroup_root)
-        seen = run_to_completion(Cri(ctd, kubelet), "hello-wasm.yaml")
+    with cri_session(["pause", "hello"], wasmlet_options={"BinaryName": str(wrapper)}) as own:
+        seen = run_to_completion(own, "hello-wasm.yaml")
         check_completed(seen, ["Hello from wasmlet!", "args: from a wasm pod", "env: HELLO_POD=hello-wasm"])
         sandbox_id = seen["sandbox"].id
         runc_args = calls.read_text().splitlines()
-        assert any(line.startswith(f"--root {ctd.runc_root}/k8s.io ") and " create " in line
+        assert any(line.startswith(f"--root {own.ctd.runc_root}/k8s.io ") and " create " in line
                    and line.endswith(f" {sandbox_id}") for line in runc_args), runc_args
-        assert ctd.leftovers() == []
-    finally:
-        if kubelet is not None:
-            kubelet.close()
-        ctd.stop()
+        assert own.ctd.leftovers() == []

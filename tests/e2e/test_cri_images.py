@@ -41,6 +41,13 @@ def artifacts_pull(ctd):
     return (ctd.major, ctd.minor) >= (1, 7)
 
 
+@pytest.fixture
+def pulls_artifacts(cri):
+    """Skips a test that needs an artifact pulled where containerd cannot."""
+    if not artifacts_pull(cri.ctd):
+        pytest.skip("containerd 1.6 cannot pull wasm artifacts (test_wasm_artifact_from_the_registry checks its error)")
+
+
 def start_error(cri, pod):
     """The error StartContainer gives for the pod's one container."""
     kubelet = cri.kubelet
@@ -80,9 +87,7 @@ def test_wasm_artifact_from_the_registry(cri, registry):
     assert cri.ctd.leftovers() == []
 
 
-def test_artifact_of_a_component(cri, registry):
-    if not artifacts_pull(cri.ctd):
-        pytest.skip("containerd 1.6 cannot pull wasm artifacts (test_wasm_artifact_from_the_registry checks its error)")
+def test_artifact_of_a_component(cri, registry, pulls_artifacts):
     cri.kubelet.pull_image(image(registry, "tcp-hello-artifact"))
     pod = artifact_pod(registry, "tcp-hello-artifact", command=["tcp-hello.wasm"], args=[])
     kubelet = cri.kubelet
@@ -95,9 +100,7 @@ def test_artifact_of_a_component(cri, registry):
     assert cri.ctd.leftovers() == []
 
 
-def test_a_command_chooses_among_several_wasm_layers(cri, registry):
-    if not artifacts_pull(cri.ctd):
-        pytest.skip("containerd 1.6 cannot pull wasm artifacts")
+def test_a_command_chooses_among_several_wasm_layers(cri, registry, pulls_artifacts):
     cri.kubelet.pull_image(image(registry, "two-layers"))
     seen = run_to_completion(cri, artifact_pod(registry, "two-layers", command=["exit-code.wasm"], args=["0"]))
     check_completed(seen, ["exiting with 0"])
@@ -107,9 +110,7 @@ def test_a_command_chooses_among_several_wasm_layers(cri, registry):
     assert cri.ctd.leftovers() == []
 
 
-def test_unknown_layer_type_is_refused_clearly(cri, registry):
-    if not artifacts_pull(cri.ctd):
-        pytest.skip("containerd 1.6 cannot pull wasm artifacts")
+def test_unknown_layer_type_is_refused_clearly(cri, registry, pulls_artifacts):
     ref = image(registry, "bad-layer-type")
     cri.kubelet.pull_image(ref)
     details = start_error(cri, artifact_pod(registry, "bad-layer-type"))
@@ -122,9 +123,7 @@ def content_blob(ctd, digest):
     return os.path.join(ctd.root, "io.containerd.content.v1.content", "blobs", "sha256", digest.split(":", 1)[1])
 
 
-def test_corrupt_layer_in_the_content_store_is_refused(cri, registry):
-    if not artifacts_pull(cri.ctd):
-        pytest.skip("containerd 1.6 cannot pull wasm artifacts")
+def test_corrupt_layer_in_the_content_store_is_refused(cri, registry, pulls_artifacts):
     ref = image(registry, "hello-artifact")
     cri.kubelet.pull_image(ref)
     with open(HELLO_WASM, "rb") as f:
@@ -146,9 +145,7 @@ def test_corrupt_layer_in_the_content_store_is_refused(cri, registry):
     assert cri.ctd.leftovers() == []
 
 
-def test_concurrent_first_starts_compile_once(cri, registry):
-    if not artifacts_pull(cri.ctd):
-        pytest.skip("containerd 1.6 cannot pull wasm artifacts")
+def test_concurrent_first_starts_compile_once(cri, registry, pulls_artifacts):
     cri.kubelet.pull_image(image(registry, "hello-artifact"))
     clear_cache(cri)
     log_start = os.path.getsize(cri.ctd.log_path)

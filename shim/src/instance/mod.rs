@@ -57,17 +57,16 @@ pub fn main(args: &[String]) -> ! {
 
 /// The program from the node cache: a layer is found by its digest alone,
 /// a module in the rootfs by the sha256 of its bytes.
-fn load(engine: &Engine, source: &ModuleSource, rootfs: &Path) -> Result<(Program, Outcome)> {
+fn load(engine: &Engine, source: &ModuleSource, name: &str, rootfs: &Path) -> Result<(Program, Outcome)> {
     let cache = Cache::from_env()?;
-    let name = source.name();
     match source {
         ModuleSource::Rootfs(path) => {
             let wasm = workload::read_module(rootfs, path).with_context(|| format!("read {name}"))?;
             let key = hex::encode(Sha256::digest(&wasm));
-            engine::load(engine, &cache, &key, || Ok(wasm), &name)
+            engine::load(engine, &cache, &key, || Ok(wasm), name)
         }
         ModuleSource::Layer { sha256, file, .. } => {
-            engine::load(engine, &cache, sha256, || std::fs::read(file).with_context(|| format!("read {}", file.display())), &name)
+            engine::load(engine, &cache, sha256, || std::fs::read(file).with_context(|| format!("read {}", file.display())), name)
         }
     }
 }
@@ -82,10 +81,9 @@ fn start_requested() -> bool {
 /// Sets everything up; returns the guest ready to run and the file kubelet
 /// reads the termination message from, if the container has one.
 fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf>)> {
-    let [bundle, export, source @ ..] = args else {
-        bail!("usage: instance BUNDLE EXPORT (rootfs PATH | layer IMAGE SHA256 FILE)");
-    };
-    let source = ModuleSource::from_args(source).context("usage: instance BUNDLE EXPORT (rootfs PATH | layer IMAGE SHA256 FILE)")?;
+    let usage = "usage: instance BUNDLE EXPORT (rootfs PATH | layer IMAGE SHA256 FILE)";
+    let [bundle, export, source @ ..] = args else { bail!(usage) };
+    let source = ModuleSource::from_args(source).context(usage)?;
     let bundle = Path::new(bundle);
     let spec = Spec::load(bundle.join("config.json")).context("read the OCI spec")?;
     let process = spec.process().as_ref().context("the spec has no process")?;
@@ -101,7 +99,7 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
     let rootfs = rootfs::path_of(&spec, bundle);
     let name = source.name();
     let engine = engine::new_engine()?;
-    let (program, outcome) = load(&engine, &source, &rootfs)?;
+    let (program, outcome) = load(&engine, &source, &name, &rootfs)?;
     let _ = writeln!(status, "log compiled code for {name}: cache {outcome:?}");
 
     privileges::ensure_single_thread()?;
