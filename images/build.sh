@@ -21,6 +21,13 @@ WASM_DIR="$TARGET_DIR/wasm32-wasip1/release"
 COMPONENT_DIR="$TARGET_DIR/wasm32-wasip2/release"
 NATIVE_HELLO="$TARGET_DIR/x86_64-unknown-linux-gnu/release/hello"
 PAUSE_SRC="$HERE/pause/pause.c"
+# The large module: comrak, a Markdown to HTML converter from crates.io,
+# built for wasm32-wasip1 and natively with the same features (syntax
+# highlighting by fancy-regex, as onig is C) so the tests can compare them.
+COMRAK_VERSION=0.59.0
+COMRAK_FEATURES=cli,syntect-fancy
+COMRAK_ROOT="$OUT/comrak"
+COMRAK_WASM="$COMRAK_ROOT/wasm32-wasip1/bin/comrak.wasm"
 
 WASM_WORKLOADS=(hello exit-code trap sleep files memory-hog)
 # WASI 0.2 components (wasm32-wasip2).
@@ -66,6 +73,18 @@ build_workloads() (
         cargo build --release --target x86_64-unknown-linux-gnu --target-dir "$TARGET_DIR" -p hello
 )
 
+# `cargo install --locked` builds comrak with its own published lock file; a
+# second run with the same version is a no-op.
+build_comrak() {
+    local target
+    for target in wasm32-wasip1 x86_64-unknown-linux-gnu; do
+        log "building comrak $COMRAK_VERSION for $target"
+        RUSTFLAGS= cargo install --quiet --locked "comrak@$COMRAK_VERSION" \
+            --no-default-features --features "$COMRAK_FEATURES" --target "$target" \
+            --root "$COMRAK_ROOT/$target" --target-dir "$TARGET_DIR/comrak"
+    done
+}
+
 pack() {
     python3 "$HERE/pack.py" "$@"
 }
@@ -80,6 +99,8 @@ pack_wasm_images() {
         pack --name "wasmlet.test/$name:latest" --out "$IMAGES/$name.tar" \
             --file "/$name.wasm=$COMPONENT_DIR/$name.wasm" --entrypoint "/$name.wasm"
     done
+    pack --name wasmlet.test/comrak:latest --out "$IMAGES/comrak.tar" \
+        --file "/comrak.wasm=$COMRAK_WASM" --entrypoint /comrak.wasm
 }
 
 # The CRI sandbox image (containerd's sandbox_image): a static C program, so
@@ -147,6 +168,7 @@ pack_registry_images() {
 main() {
     ensure_tools
     build_workloads
+    build_comrak
     build_pause
     mkdir -p "$IMAGES"
     pack_wasm_images
