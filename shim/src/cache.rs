@@ -3,8 +3,9 @@
 //! wasm layer, its digest) and the engine's compatibility hash, so an engine
 //! upgrade simply misses. Entries are written atomically with a checksum
 //! beside them; one whose checksum does not match is rebuilt, never loaded.
-//! A lock file per entry makes concurrent first starts compile once, and the
-//! least recently used entries go when the cache outgrows its size limit.
+//! The check reads the whole entry once per boot (see digests.rs). A lock
+//! file per entry makes concurrent first starts compile once, and the least
+//! recently used entries go when the cache outgrows its size limit.
 
 use std::collections::hash_map::DefaultHasher;
 use std::fs::{self, File};
@@ -18,6 +19,8 @@ use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 use wasmtime::Engine;
+
+use crate::digests::{self, Digests};
 
 /// Where the cache lives unless `WASMLET_CACHE_DIR` says otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/wasmlet/cache";
@@ -78,23 +81,39 @@ impl Cache {
         let dir = self.dir.join(engine_key(engine));
         let artifact = dir.join(format!("{key}.cwasm"));
         let checksum = dir.join(format!("{key}.sha256"));
-        if verify(&artifact, &checksum).unwrap_or(false) {
-            touch(&artifact);
+        let digests = self.digests()?;
+        if verify(&artifact, &checksum, &digests).unwrap_or(false) {
+            // The checksum file keeps the time of use: touching the
+            // artifact would change its identity and cost a hash.
+            touch(&checksum);
             return Ok((artifact, Outcome::Hit));
         }
         fs::create_dir_all(&dir).with_context(|| format!("create cache directory {}", dir.display()))?;
         // Whoever holds the lock compiles; the others wait and then load.
         let _lock = lock(&dir.join(format!("{key}.lock")))?;
-        let outcome = match verify(&artifact, &checksum) {
+        let outcome = match verify(&artifact, &checksum, &digests) {
             Ok(true) => return Ok((artifact, Outcome::Hit)),
             Ok(false) => Outcome::Rebuilt,
             Err(_) => Outcome::Miss,
         };
         let compiled = compile()?;
+        let digest = hex::encode(Sha256::digest(&compiled));
         write_atomically(&artifact, |file| file.write_all(&compiled))?;
-        write_atomically(&checksum, |file| file.write_all(hex::encode(Sha256::digest(&compiled)).as_bytes()))?;
+        write_atomically(&checksum, |file| file.write_all(digest.as_bytes()))?;
+        if let Ok(file) = File::open(&artifact) {
+            digests.remember(&file, &digest);
+        }
         self.evict(&artifact);
         Ok((artifact, outcome))
+    }
+
+    /// The hex sha256 of a whole file, hashed at most once per boot.
+    pub fn sha256(&self, file: &File) -> Result<String> {
+        Ok(self.digests()?.sha256(file)?)
+    }
+
+    fn digests(&self) -> Result<Digests> {
+        Digests::of_this_boot(&self.dir).context("read this boot's id")
     }
 
     /// The node's copy of the wasm layer whose sha256 is `key`, written by
@@ -137,7 +156,7 @@ impl Cache {
     fn entries(&self) -> Vec<Entry> {
         let Ok(subdirs) = fs::read_dir(&self.dir) else { return Vec::new() };
         let mut entries = Vec::new();
-        for subdir in subdirs.flatten().map(|d| d.path()) {
+        for subdir in subdirs.flatten().map(|d| d.path()).filter(|d| !digests::is_memo(d)) {
             let Ok(files) = fs::read_dir(&subdir) else { continue };
             for main in files.flatten().map(|f| f.path()) {
                 let extension = main.extension().and_then(|e| e.to_str());
@@ -148,9 +167,11 @@ impl Cache {
                 };
                 let files: Vec<PathBuf> =
                     std::iter::once(main.clone()).chain(companions.iter().map(|ext| main.with_extension(ext))).collect();
-                let Ok(meta) = fs::metadata(&main) else { continue };
-                let bytes = files.iter().filter_map(|f| fs::metadata(f).ok()).map(|m| m.len()).sum();
-                entries.push(Entry { files, bytes, used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH) });
+                let metas: Vec<fs::Metadata> = files.iter().filter_map(|f| fs::metadata(f).ok()).collect();
+                let bytes = metas.iter().map(|m| m.len()).sum();
+                // Use touches a compiled entry's checksum, a layer itself.
+                let used = metas.iter().filter_map(|m| m.modified().ok()).max().unwrap_or(SystemTime::UNIX_EPOCH);
+                entries.push(Entry { files, bytes, used });
             }
         }
         entries
@@ -185,12 +206,9 @@ fn engine_key(engine: &Engine) -> String {
 }
 
 /// Ok(true): sound entry; Ok(false): present but corrupt; Err: absent or unreadable.
-fn verify(artifact: &Path, checksum: &Path) -> std::io::Result<bool> {
+fn verify(artifact: &Path, checksum: &Path, digests: &Digests) -> std::io::Result<bool> {
     let expected = fs::read_to_string(checksum)?;
-    // Streamed: compiled code can be tens of MB, and this runs on every start.
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut File::open(artifact)?, &mut hasher)?;
-    Ok(expected.trim() == hex::encode(hasher.finalize()))
+    Ok(expected.trim() == digests.sha256(&File::open(artifact)?)?)
 }
 
 /// Writes through a temporary file in the same directory and renames it into
@@ -237,6 +255,22 @@ mod tests {
         let (again, second) = cache.artifact(&engine, &key, || panic!("compiled twice")).unwrap();
         assert_eq!((again, second), (path.clone(), Outcome::Hit));
         unsafe { wasmtime::Module::deserialize_file(&engine, &path) }.unwrap();
+    }
+
+    #[test]
+    fn a_hit_marks_the_checksum_not_the_artifact() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = unbounded(dir.path());
+        let engine = Engine::default();
+        let (wasm, key) = wasm();
+        let (path, _) = cache.artifact(&engine, &key, || compile(&engine, &wasm)).unwrap();
+        let modified = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
+        let (artifact_before, checksum_before) = (modified(&path), modified(&path.with_extension("sha256")));
+        std::thread::sleep(Duration::from_millis(20));
+        cache.artifact(&engine, &key, || panic!("compiled twice")).unwrap();
+        // The artifact keeps its identity, so the memo spares the next hash.
+        assert_eq!(modified(&path), artifact_before);
+        assert!(modified(&path.with_extension("sha256")) > checksum_before);
     }
 
     #[test]

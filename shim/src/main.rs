@@ -3,6 +3,7 @@
 
 mod cache;
 mod cgroup;
+mod digests;
 mod engine;
 mod events;
 mod exec;
