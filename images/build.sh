@@ -28,6 +28,7 @@ COMRAK_VERSION=0.59.0
 COMRAK_FEATURES=cli,syntect-fancy
 COMRAK_ROOT="$OUT/comrak"
 COMRAK_WASM="$COMRAK_ROOT/wasm32-wasip1/bin/comrak.wasm"
+COMRAK_NATIVE="$COMRAK_ROOT/x86_64-unknown-linux-gnu/bin/comrak"
 
 WASM_WORKLOADS=(hello exit-code trap sleep files memory-hog)
 # WASI 0.2 components (wasm32-wasip2).
@@ -74,12 +75,16 @@ build_workloads() (
 )
 
 # `cargo install --locked` builds comrak with its own published lock file; a
-# second run with the same version is a no-op.
+# warm target dir makes a rebuild quick (--force: cargo install would
+# otherwise skip a build whose RUSTFLAGS changed). The native build is static,
+# so that it also runs from a scratch image (the bench's runc side).
 build_comrak() {
-    local target
+    local target rustflags
     for target in wasm32-wasip1 x86_64-unknown-linux-gnu; do
+        rustflags=
+        [[ "$target" == x86_64-* ]] && rustflags='-C target-feature=+crt-static'
         log "building comrak $COMRAK_VERSION for $target"
-        RUSTFLAGS= cargo install --quiet --locked "comrak@$COMRAK_VERSION" \
+        RUSTFLAGS="$rustflags" cargo install --quiet --locked --force "comrak@$COMRAK_VERSION" \
             --no-default-features --features "$COMRAK_FEATURES" --target "$target" \
             --root "$COMRAK_ROOT/$target" --target-dir "$TARGET_DIR/comrak"
     done
@@ -117,6 +122,8 @@ pack_native_images() {
 
     pack --name wasmlet.test/hello-native:latest --out "$IMAGES/hello-native.tar" \
         --file "/hello=$NATIVE_HELLO" --entrypoint /hello
+    pack --name wasmlet.test/comrak-native:latest --out "$IMAGES/comrak-native.tar" \
+        --file "/comrak=$COMRAK_NATIVE" --entrypoint /comrak
 
     local links=() applet
     for applet in "${BUSYBOX_APPLETS[@]}"; do
