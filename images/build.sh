@@ -31,8 +31,10 @@ COMRAK_WASM="$COMRAK_ROOT/wasm32-wasip1/bin/comrak.wasm"
 COMRAK_NATIVE="$COMRAK_ROOT/x86_64-unknown-linux-gnu/bin/comrak"
 
 WASM_WORKLOADS=(hello exit-code trap sleep files memory-hog)
-# WASI 0.2 components (wasm32-wasip2).
+# WASI 0.2 components (wasm32-wasip2): commands, and wasi:http handlers
+# (libraries, so cargo names their file with underscores).
 COMPONENT_WORKLOADS=(tcp-hello)
+HTTP_WORKLOADS=(hello-http)
 BUSYBOX_APPLETS=(sh echo sleep cat true ls nc)
 
 log() { echo "build.sh: $*" >&2; }
@@ -66,7 +68,7 @@ build_workloads() (
     RUSTFLAGS= cargo build --release --target wasm32-wasip1 --target-dir "$TARGET_DIR"
     log "building wasm components"
     local name
-    for name in "${COMPONENT_WORKLOADS[@]}"; do
+    for name in "${COMPONENT_WORKLOADS[@]}" "${HTTP_WORKLOADS[@]}"; do
         RUSTFLAGS= cargo build --release --target wasm32-wasip2 --target-dir "$TARGET_DIR" -p "$name"
     done
     log "building static native hello"
@@ -103,6 +105,10 @@ pack_wasm_images() {
     for name in "${COMPONENT_WORKLOADS[@]}"; do
         pack --name "wasmlet.test/$name:latest" --out "$IMAGES/$name.tar" \
             --file "/$name.wasm=$COMPONENT_DIR/$name.wasm" --entrypoint "/$name.wasm"
+    done
+    for name in "${HTTP_WORKLOADS[@]}"; do
+        pack --name "wasmlet.test/$name:latest" --out "$IMAGES/$name.tar" \
+            --file "/$name.wasm=$COMPONENT_DIR/${name//-/_}.wasm" --entrypoint "/$name.wasm"
     done
     pack --name wasmlet.test/comrak:latest --out "$IMAGES/comrak.tar" \
         --file "/comrak.wasm=$COMRAK_WASM" --entrypoint /comrak.wasm

@@ -3,6 +3,7 @@
 //! to an exit code.
 
 mod component;
+mod http;
 mod module;
 
 use std::io::Write;
@@ -56,6 +57,7 @@ pub enum Program {
 pub enum Prepared {
     Module(module::Prepared),
     Component(component::Prepared),
+    Http(http::Prepared),
 }
 
 /// A component's preamble: `\0asm`, then version 0x0d and layer 1 (a core
@@ -95,13 +97,17 @@ pub fn load(engine: &Engine, cache: &Cache, key: &str, read: impl FnOnce() -> Re
 
 /// Instantiates the program with WASI; every linking problem surfaces here,
 /// before the task is reported as created. A module runs `export`; a
-/// component runs `wasi:cli/run`.
+/// component serves `wasi:http/incoming-handler` if it exports it, else
+/// runs `wasi:cli/run`.
 pub fn prepare(engine: &Engine, program: &Program, name: &str, export: &str, guest: &Guest) -> Result<Prepared> {
     match program {
         Program::Module(module) => Ok(Prepared::Module(module::prepare(engine, module, name, export, guest)?)),
         Program::Component(component) => {
             if export != "_start" {
-                bail!("{name} is a component, which runs wasi:cli/run: `#{export}` is for core modules");
+                bail!("{name} is a component, which runs wasi:cli/run or serves wasi:http: `#{export}` is for core modules");
+            }
+            if http::exports_handler(engine, component) {
+                return Ok(Prepared::Http(http::prepare(engine, component, name, guest)?));
             }
             Ok(Prepared::Component(component::prepare(engine, component, name, guest)?))
         }
@@ -164,6 +170,7 @@ pub fn run(prepared: Prepared) -> Ended {
     let (result, cap_reached) = match prepared {
         Prepared::Module(module) => module.run(),
         Prepared::Component(component) => component.run(),
+        Prepared::Http(server) => server.run(&runtime),
     };
     match result {
         Ok(()) => Ended { code: 0, error: None, out_of_memory: false },
