@@ -85,3 +85,16 @@ def test_a_bad_address_fails_the_start_and_names_the_variable(cri):
             kubelet.start_container(container_id)
     assert "WASMLET_HTTP_ADDR=port-8080 is not an address and port" in failed.value.details()
     assert cri.ctd.leftovers() == []
+
+
+def test_a_trapping_request_gets_500_and_the_pod_keeps_serving(cri):
+    kubelet = cri.kubelet
+    pod = Pod.load(MANIFEST)
+    with kubelet.running_pod(pod) as sandbox_id:
+        ids = kubelet.start_containers(pod, sandbox_id)
+        kubelet.wait_container(ids["web"], v1.CONTAINER_RUNNING, timeout=30)
+        (trapped, after) = get_in_pod(kubelet, sandbox_id, ["/trap", "/after"])
+        assert kubelet.container_status(ids["web"]).state == v1.CONTAINER_RUNNING
+    assert trapped == [500, "internal server error\n"]
+    assert after[0] == 200 and "requests handled by this instance: 1" in after[1], after
+    assert cri.ctd.leftovers() == []

@@ -2,7 +2,7 @@
 //! every request with 200 and a text body naming its method, path and query,
 //! the `x-wasmlet-*` request headers, and how many requests this instance
 //! has handled. Served with a fresh instance per request, that count is
-//! always 1.
+//! always 1. The path `/trap` traps instead, before answering.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,6 +18,10 @@ struct HelloHttp;
 impl wasip2::exports::http::incoming_handler::Guest for HelloHttp {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let handled = HANDLED.fetch_add(1, Ordering::SeqCst) + 1;
+        if request.path_with_query().as_deref() == Some("/trap") {
+            // wasm32's panic is an abort: the instance traps.
+            panic!("asked to trap");
+        }
         let mut text = String::from("hello from wasm over http\n");
         text += &format!("method: {}\n", method_name(&request.method()));
         text += &format!("path: {}\n", request.path_with_query().unwrap_or_default());
