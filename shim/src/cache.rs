@@ -3,7 +3,8 @@
 //! wasm layer, its digest) and the engine's compatibility hash, so an engine
 //! upgrade simply misses. Entries are written atomically with a checksum
 //! beside them; one whose checksum does not match is rebuilt, never loaded.
-//! The check reads the whole entry once per boot (see digests.rs). A lock
+//! The check reads the whole entry once per boot (see digests.rs), so the
+//! cache must be on a local filesystem. A lock
 //! file per entry makes concurrent first starts compile once, and the least
 //! recently used entries go when the cache outgrows its size limit.
 
@@ -81,7 +82,7 @@ impl Cache {
         let dir = self.dir.join(engine_key(engine));
         let artifact = dir.join(format!("{key}.cwasm"));
         let checksum = dir.join(format!("{key}.sha256"));
-        let digests = self.digests()?;
+        let digests = Digests::of_this_boot(&self.dir);
         if verify(&artifact, &checksum, &digests).unwrap_or(false) {
             // The checksum file keeps the time of use: touching the
             // artifact would change its identity and cost a hash.
@@ -92,7 +93,10 @@ impl Cache {
         // Whoever holds the lock compiles; the others wait and then load.
         let _lock = lock(&dir.join(format!("{key}.lock")))?;
         let outcome = match verify(&artifact, &checksum, &digests) {
-            Ok(true) => return Ok((artifact, Outcome::Hit)),
+            Ok(true) => {
+                touch(&checksum);
+                return Ok((artifact, Outcome::Hit));
+            }
             Ok(false) => Outcome::Rebuilt,
             Err(_) => Outcome::Miss,
         };
@@ -100,20 +104,11 @@ impl Cache {
         let digest = hex::encode(Sha256::digest(&compiled));
         write_atomically(&artifact, |file| file.write_all(&compiled))?;
         write_atomically(&checksum, |file| file.write_all(digest.as_bytes()))?;
-        if let Ok(file) = File::open(&artifact) {
+        if let (Some(digests), Ok(file)) = (&digests, File::open(&artifact)) {
             digests.remember(&file, &digest);
         }
         self.evict(&artifact);
         Ok((artifact, outcome))
-    }
-
-    /// The hex sha256 of a whole file, hashed at most once per boot.
-    pub fn sha256(&self, file: &File) -> Result<String> {
-        Ok(self.digests()?.sha256(file)?)
-    }
-
-    fn digests(&self) -> Result<Digests> {
-        Digests::of_this_boot(&self.dir).context("read this boot's id")
     }
 
     /// The node's copy of the wasm layer whose sha256 is `key`, written by
@@ -206,9 +201,14 @@ fn engine_key(engine: &Engine) -> String {
 }
 
 /// Ok(true): sound entry; Ok(false): present but corrupt; Err: absent or unreadable.
-fn verify(artifact: &Path, checksum: &Path, digests: &Digests) -> std::io::Result<bool> {
+fn verify(artifact: &Path, checksum: &Path, digests: &Option<Digests>) -> std::io::Result<bool> {
     let expected = fs::read_to_string(checksum)?;
-    Ok(expected.trim() == digests.sha256(&File::open(artifact)?)?)
+    let file = File::open(artifact)?;
+    let actual = match digests {
+        Some(digests) => digests.sha256(&file)?,
+        None => digests::sha256(&file)?,
+    };
+    Ok(expected.trim() == actual)
 }
 
 /// Writes through a temporary file in the same directory and renames it into

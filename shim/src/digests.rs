@@ -1,12 +1,13 @@
-//! sha256 of files, remembered for the rest of the boot by file identity, so
-//! that a start does not hash again the megabytes of wasm and compiled code
-//! that an earlier start hashed. A file's identity is its inode, size, mtime
-//! and ctime: writing to it or setting its times changes the ctime, and a
-//! rewritten cache entry is a new inode. The device is left out because each
-//! overlay rootfs has a device of its own, while a file of an image layer
-//! keeps the inode, size and times of the snapshot's copy. The memo lives in
-//! a directory named after the boot, as inodes and contents are trusted only
-//! within one; the first start of a boot removes the memos of earlier ones.
+//! sha256 of the cache's own files, remembered for the rest of the boot by
+//! file identity, so that a start does not hash again the megabytes of
+//! compiled code that an earlier start checked. A file's identity is its
+//! device, inode, size, mtime and ctime: writing to it or setting its times
+//! changes the ctime, and a rewritten cache entry is a new inode. Only files
+//! the shim wrote itself on a local filesystem qualify: an image's files
+//! never do, as some snapshotters take every one of those fields from the
+//! image. The memo lives in a directory named after the boot, as inodes and
+//! contents are trusted only within one; the first start of a boot removes
+//! the memos of earlier ones.
 
 use std::fs::{self, File};
 use std::io::{self, Seek, Write};
@@ -25,10 +26,16 @@ pub struct Digests {
 }
 
 impl Digests {
-    /// The memo of this boot, kept below `parent`.
-    pub fn of_this_boot(parent: &Path) -> io::Result<Self> {
-        let boot = fs::read_to_string(BOOT_ID)?;
-        Ok(Digests::new(parent, boot.trim()))
+    /// The memo of this boot, kept below `parent`; None (hash every time)
+    /// when the boot cannot be told.
+    pub fn of_this_boot(parent: &Path) -> Option<Self> {
+        match fs::read_to_string(BOOT_ID) {
+            Ok(boot) => Some(Digests::new(parent, boot.trim())),
+            Err(err) => {
+                warn!("read {BOOT_ID}: {err}: compiled code is hashed on every start");
+                None
+            }
+        }
     }
 
     fn new(parent: &Path, boot: &str) -> Self {
@@ -44,12 +51,7 @@ impl Digests {
                 return Ok(known);
             }
         }
-        let mut reader = file;
-        reader.rewind()?;
-        let mut hasher = Sha256::new();
-        // Streamed: compiled code can be tens of MB.
-        io::copy(&mut reader, &mut hasher)?;
-        let digest = hex::encode(hasher.finalize());
+        let digest = sha256(file)?;
         self.remember_identity(&identity, &digest);
         Ok(digest)
     }
@@ -98,10 +100,21 @@ pub fn is_memo(path: &Path) -> bool {
     path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(PREFIX))
 }
 
+/// The hex sha256 of the whole file, read from its start.
+pub fn sha256(file: &File) -> io::Result<String> {
+    let mut reader = file;
+    reader.rewind()?;
+    let mut hasher = Sha256::new();
+    // Streamed: compiled code can be tens of MB.
+    io::copy(&mut reader, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 fn identity(file: &File) -> io::Result<String> {
     let meta = file.metadata()?;
     Ok(format!(
-        "{}-{}-{}.{:09}-{}.{:09}",
+        "{}-{}-{}-{}.{:09}-{}.{:09}",
+        meta.dev(),
         meta.ino(),
         meta.size(),
         meta.mtime(),

@@ -113,8 +113,8 @@ pub fn resolve(rootfs: &Path, args: &[String], env: &[String], cwd: &str) -> Res
 }
 
 /// Reads the whole module; symlinks resolve inside the rootfs, never on the host.
-pub fn open_module(rootfs: &Path, module: &Path) -> std::io::Result<std::fs::File> {
-    Ok(Dir::open_ambient_dir(rootfs, ambient_authority())?.open(relative(module))?.into_std())
+pub fn read_module(rootfs: &Path, module: &Path) -> std::io::Result<Vec<u8>> {
+    Dir::open_ambient_dir(rootfs, ambient_authority())?.read(relative(module))
 }
 
 fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {

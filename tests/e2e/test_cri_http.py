@@ -1,6 +1,6 @@
 """wasi:http components served as pods: requests reach the handler over
-HTTP/1.1 inside the pod's network namespace, as kubelet's probes and the
-pod's neighbours reach it, each request in an instance of its own."""
+HTTP/1.1 on the pod's loopback, from inside its network namespace, each
+request in an instance of its own."""
 
 import json
 import os

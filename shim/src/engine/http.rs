@@ -4,15 +4,17 @@
 //! namespace. Every request gets a fresh instance of a template linked
 //! once, so no request sees another's state.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
+use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
@@ -32,6 +34,9 @@ pub const DEFAULT_ADDR: &str = "0.0.0.0:8080";
 pub const LOG_ENV: &str = "WASMLET_HTTP_LOG";
 
 const HANDLER: &str = "wasi:http/incoming-handler@0.2";
+/// How long to wait before accepting again after accept failed (for
+/// example out of file descriptors), instead of spinning.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Whether the component is an HTTP handler rather than a command.
 pub fn exports_handler(engine: &Engine, component: &Component) -> bool {
@@ -114,7 +119,7 @@ pub fn prepare(engine: &Engine, component: &Component, name: &str, guest: &Guest
 }
 
 impl Prepared {
-    /// Serves until the process is stopped; returns only if accepting fails.
+    /// Serves until the process is stopped.
     pub fn run(self, runtime: &tokio::runtime::Runtime) -> (wasmtime::Result<()>, bool) {
         let result = runtime.block_on(serve(self.template, self.listener));
         (result.map_err(wasmtime::Error::from_anyhow), false)
@@ -124,15 +129,25 @@ impl Prepared {
 async fn serve(template: Arc<Template>, listener: std::net::TcpListener) -> Result<()> {
     let listener = TcpListener::from_std(listener).context("register the listening socket")?;
     loop {
-        let (client, _) = listener.accept().await.context("accept a connection")?;
+        let client = match listener.accept().await {
+            Ok((client, _)) => client,
+            Err(err) => {
+                log_error(format_args!("accept a connection: {err}"));
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
         let template = template.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let template = template.clone();
                 async move { Ok::<_, std::convert::Infallible>(respond(&template, request).await) }
             });
+            // The timer enables hyper's limit on reading a request's head.
+            let mut connection = http1::Builder::new();
+            connection.timer(TokioTimer::new()).keep_alive(true);
             // A client that goes away mid-request is its own business.
-            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(client), service).await;
+            let _ = connection.serve_connection(TokioIo::new(client), service).await;
         });
     }
 }
@@ -143,11 +158,13 @@ async fn respond(template: &Template, request: hyper::Request<hyper::body::Incom
     let started = Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let response = handle(template, request).await.unwrap_or_else(|err| {
-        eprintln!("Error: {method} {path}: {err:#}");
+        log_error(format_args!("{method} {path}: {err:#}"));
         plain_response(500, "internal server error\n")
     });
     if template.log_requests {
-        println!("{method} {path} {} {:.3}ms", response.status().as_u16(), started.elapsed().as_secs_f64() * 1000.0);
+        let millis = started.elapsed().as_secs_f64() * 1000.0;
+        // Not println!: a closed stdout must not panic the server.
+        let _ = writeln!(std::io::stdout(), "{method} {path} {} {millis:.3}ms", response.status().as_u16());
     }
     response
 }
@@ -164,7 +181,15 @@ async fn handle(template: &Template, request: hyper::Request<hyper::body::Incomi
         proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out).await
     });
     match receiver.await {
-        Ok(Ok(response)) => Ok(response),
+        Ok(Ok(response)) => {
+            // The body may still be streaming: report a failure after the head.
+            tokio::spawn(async move {
+                if let Ok(Err(err)) = task.await {
+                    log_error(format_args!("the handler failed after its response head: {err:?}"));
+                }
+            });
+            Ok(response)
+        }
         Ok(Err(code)) => Err(anyhow!("the handler answered with error {code:?}")),
         Err(_) => match task.await {
             Ok(Ok(())) => Err(anyhow!("the handler returned without setting a response")),
@@ -179,6 +204,10 @@ fn plain_response(status: u16, text: &'static str) -> hyper::Response<HyperOutgo
     let mut response = hyper::Response::new(body);
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     response
+}
+
+fn log_error(message: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr(), "Error: {message}");
 }
 
 fn env_value<'a>(env: &'a [String], name: &str) -> Option<&'a str> {

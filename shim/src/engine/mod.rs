@@ -83,7 +83,7 @@ pub fn load(engine: &Engine, cache: &Cache, key: &str, read: impl FnOnce() -> Re
     })?;
     let kind = Engine::detect_precompiled_file(&artifact).map_err(anyhow::Error::from).with_context(|| format!("read {}", artifact.display()))?;
     // Safety: the artifact was written by this engine and its checksum was
-    // verified just now; the cache never rewrites an entry in place.
+    // verified this boot; the cache never rewrites an entry in place.
     let program = unsafe {
         match kind {
             Some(Precompiled::Component) => Component::deserialize_file(engine, &artifact).map(Program::Component),

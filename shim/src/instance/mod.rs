@@ -8,12 +8,13 @@ mod privileges;
 mod termination;
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
+use std::io::{Read, Write};
 use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::Spec;
+use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 
 use crate::cache::{Cache, Outcome};
@@ -55,27 +56,20 @@ pub fn main(args: &[String]) -> ! {
 }
 
 /// The program from the node cache: a layer is found by its digest alone,
-/// a module in the rootfs by the sha256 of its bytes, which are read only
-/// when this boot has not hashed that file yet, or to compile it.
+/// a module in the rootfs by the sha256 of its bytes. Those are hashed on
+/// every start: an image's file attributes cannot vouch for its content.
 fn load(engine: &Engine, source: &ModuleSource, name: &str, rootfs: &Path) -> Result<(Program, Outcome)> {
     let cache = Cache::from_env()?;
     match source {
         ModuleSource::Rootfs(path) => {
-            let mut file = workload::open_module(rootfs, path).with_context(|| format!("read {name}"))?;
-            let key = cache.sha256(&file).with_context(|| format!("read {name}"))?;
-            engine::load(engine, &cache, &key, || read_from_start(&mut file).with_context(|| format!("read {name}")), name)
+            let wasm = workload::read_module(rootfs, path).with_context(|| format!("read {name}"))?;
+            let key = hex::encode(Sha256::digest(&wasm));
+            engine::load(engine, &cache, &key, || Ok(wasm), name)
         }
         ModuleSource::Layer { sha256, file, .. } => {
             engine::load(engine, &cache, sha256, || std::fs::read(file).with_context(|| format!("read {}", file.display())), name)
         }
     }
-}
-
-fn read_from_start(file: &mut File) -> std::io::Result<Vec<u8>> {
-    file.rewind()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 fn start_requested() -> bool {
