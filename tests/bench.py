@@ -473,11 +473,15 @@ def bench_idle_pods_side(ctd, kubelet, side, count, programs=SLEEP, what="idle",
 
 # ---- (e) the large module ------------------------------------------------------
 
-def forget_compiled(ctd, wasm_path):
-    """Removes the node cache's compiled code of a module (keyed by its
-    sha256), so that its next start compiles."""
+def cache_key(wasm_path):
+    """The node cache's key of a module in an image's rootfs: its sha256."""
     with open(wasm_path, "rb") as f:
-        key = hashlib.sha256(f.read()).hexdigest()
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def forget_compiled(ctd, key):
+    """Removes the node cache's compiled code under key, so that the
+    module's next start compiles."""
     for path in glob.glob(os.path.join(ctd.cache_dir, "*", f"{key}.*")):
         os.remove(path)
 
@@ -500,11 +504,12 @@ def bench_large(ctd, kubelet, runs):
         return timed_pod(ctd, kubelet, side, name, LARGE, LARGE_FIRST_LINE, args=LARGE_ARGS, docs=docs)
 
     log(f"large module first start: {FIRST_STARTS} runs per side, wasm compiling each time")
+    key = cache_key(LARGE_WASM)
     first = {side: [] for side in SIDES}
     for i in range(FIRST_STARTS):
         for side in SIDES:
             if side == "wasmlet":
-                forget_compiled(ctd, LARGE_WASM)
+                forget_compiled(ctd, key)
             first[side].append(large_pod(side, f"first-{side}-{i}"))
 
     # The hello pod runs in the same rounds: the goal is on the difference.

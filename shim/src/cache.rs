@@ -244,30 +244,50 @@ mod tests {
         Cache::new(dir, u64::MAX)
     }
 
+    /// A fresh unbounded cache, the default engine and a small module.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        cache: Cache,
+        engine: Engine,
+        wasm: Vec<u8>,
+        key: String,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let (wasm, key) = wasm();
+            Fixture { cache: unbounded(dir.path()), _dir: dir, engine: Engine::default(), wasm, key }
+        }
+
+        /// Looks the module up, compiling it if the cache has no sound entry.
+        fn lookup(&self) -> (PathBuf, Outcome) {
+            self.cache.artifact(&self.engine, &self.key, || compile(&self.engine, &self.wasm)).unwrap()
+        }
+
+        /// Looks the module up, failing the test if it compiles.
+        fn hit(&self) -> (PathBuf, Outcome) {
+            self.cache.artifact(&self.engine, &self.key, || panic!("compiled twice")).unwrap()
+        }
+    }
+
     #[test]
     fn second_lookup_compiles_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = unbounded(dir.path());
-        let engine = Engine::default();
-        let (wasm, key) = wasm();
-        let (path, first) = cache.artifact(&engine, &key, || compile(&engine, &wasm)).unwrap();
+        let f = Fixture::new();
+        let (path, first) = f.lookup();
         assert_eq!(first, Outcome::Miss);
-        let (again, second) = cache.artifact(&engine, &key, || panic!("compiled twice")).unwrap();
-        assert_eq!((again, second), (path.clone(), Outcome::Hit));
-        unsafe { wasmtime::Module::deserialize_file(&engine, &path) }.unwrap();
+        assert_eq!(f.hit(), (path.clone(), Outcome::Hit));
+        unsafe { wasmtime::Module::deserialize_file(&f.engine, &path) }.unwrap();
     }
 
     #[test]
     fn a_hit_marks_the_checksum_not_the_artifact() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = unbounded(dir.path());
-        let engine = Engine::default();
-        let (wasm, key) = wasm();
-        let (path, _) = cache.artifact(&engine, &key, || compile(&engine, &wasm)).unwrap();
+        let f = Fixture::new();
+        let (path, _) = f.lookup();
         let modified = |p: &Path| fs::metadata(p).unwrap().modified().unwrap();
         let (artifact_before, checksum_before) = (modified(&path), modified(&path.with_extension("sha256")));
         std::thread::sleep(Duration::from_millis(20));
-        cache.artifact(&engine, &key, || panic!("compiled twice")).unwrap();
+        f.hit();
         // The artifact keeps its identity, so the memo spares the next hash.
         assert_eq!(modified(&path), artifact_before);
         assert!(modified(&path.with_extension("sha256")) > checksum_before);
@@ -275,19 +295,16 @@ mod tests {
 
     #[test]
     fn concurrent_first_lookups_compile_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = unbounded(dir.path());
-        let engine = Engine::default();
-        let (wasm, key) = wasm();
+        let f = Fixture::new();
         let compiles = AtomicUsize::new(0);
         std::thread::scope(|scope| {
             for _ in 0..4 {
                 scope.spawn(|| {
-                    cache
-                        .artifact(&engine, &key, || {
+                    f.cache
+                        .artifact(&f.engine, &f.key, || {
                             compiles.fetch_add(1, Ordering::SeqCst);
                             std::thread::sleep(Duration::from_millis(100));
-                            compile(&engine, &wasm)
+                            compile(&f.engine, &f.wasm)
                         })
                         .unwrap()
                 });
@@ -298,23 +315,18 @@ mod tests {
 
     #[test]
     fn truncated_or_corrupt_entries_are_rebuilt() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = unbounded(dir.path());
-        let engine = Engine::default();
-        let (wasm, key) = wasm();
-        let (path, _) = cache.artifact(&engine, &key, || compile(&engine, &wasm)).unwrap();
+        let f = Fixture::new();
+        let (path, _) = f.lookup();
         let good = fs::read(&path).unwrap();
 
         fs::write(&path, &good[..good.len() / 2]).unwrap();
-        let (_, outcome) = cache.artifact(&engine, &key, || compile(&engine, &wasm)).unwrap();
-        assert_eq!(outcome, Outcome::Rebuilt);
+        assert_eq!(f.lookup().1, Outcome::Rebuilt);
 
         let mut flipped = good.clone();
         let middle = flipped.len() / 2;
         flipped[middle] ^= 0xff;
         fs::write(&path, &flipped).unwrap();
-        let (_, outcome) = cache.artifact(&engine, &key, || compile(&engine, &wasm)).unwrap();
-        assert_eq!(outcome, Outcome::Rebuilt);
+        assert_eq!(f.lookup().1, Outcome::Rebuilt);
         assert_eq!(fs::read(&path).unwrap(), good);
     }
 

@@ -128,6 +128,11 @@ fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
+/// The value of `name` in a list of `NAME=value` entries.
+pub fn env_value<'a>(env: &'a [String], name: &str) -> Option<&'a str> {
+    env.iter().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// Paths to try for `name`, absolute as the container sees them.
 fn candidates(name: &str, env: &[String], cwd: &str) -> Vec<PathBuf> {
     if name.starts_with('/') {
@@ -136,10 +141,7 @@ fn candidates(name: &str, env: &[String], cwd: &str) -> Vec<PathBuf> {
     if name.contains('/') {
         return vec![Path::new(cwd_or_root(cwd)).join(name)];
     }
-    let path_var = env
-        .iter()
-        .find_map(|kv| kv.strip_prefix("PATH="))
-        .unwrap_or("/usr/local/bin:/usr/bin:/bin");
+    let path_var = env_value(env, "PATH").unwrap_or("/usr/local/bin:/usr/bin:/bin");
     let mut found: Vec<PathBuf> = path_var.split(':').filter(|d| d.starts_with('/')).map(|d| Path::new(d).join(name)).collect();
     found.push(Path::new(cwd_or_root(cwd)).join(name));
     found
@@ -158,6 +160,13 @@ fn relative(path: &Path) -> &Path {
 mod tests {
     use super::*;
     use std::fs;
+
+    #[test]
+    fn env_values_are_found_by_exact_name() {
+        let env = vec!["WASMLET_HTTP_ADDRESS=x".to_string(), "WASMLET_HTTP_ADDR=127.0.0.1:9000".to_string()];
+        assert_eq!(env_value(&env, "WASMLET_HTTP_ADDR"), Some("127.0.0.1:9000"));
+        assert_eq!(env_value(&env, "PATH"), None);
+    }
 
     fn rootfs_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -2,6 +2,7 @@
 HTTP/1.1 on the pod's loopback, from inside its network namespace, each
 request in an instance of its own."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -50,14 +51,22 @@ def get_in_pod(kubelet, sandbox_id, paths, port=8080):
     return json.loads(res.stdout)
 
 
+@contextlib.contextmanager
+def serving(kubelet, pod):
+    """The pod, with its web container running; yields the sandbox's and
+    the container's ids."""
+    with kubelet.running_pod(pod) as sandbox_id:
+        container_id = kubelet.start_containers(pod, sandbox_id)["web"]
+        kubelet.wait_container(container_id, v1.CONTAINER_RUNNING, timeout=30)
+        yield sandbox_id, container_id
+
+
 def test_http_pod_answers_each_request_in_a_fresh_instance(cri):
     kubelet = cri.kubelet
     pod = Pod.load(MANIFEST)
-    with kubelet.running_pod(pod) as sandbox_id:
-        ids = kubelet.start_containers(pod, sandbox_id)
-        kubelet.wait_container(ids["web"], v1.CONTAINER_RUNNING, timeout=30)
+    with serving(kubelet, pod) as (sandbox_id, container_id):
         answers = get_in_pod(kubelet, sandbox_id, ["/first", "/second?x=1", "/third"])
-        assert kubelet.container_status(ids["web"]).state == v1.CONTAINER_RUNNING
+        assert kubelet.container_status(container_id).state == v1.CONTAINER_RUNNING
         # One request log line each: method, path, status, duration.
         deadline = time.monotonic() + 5
         while len(logs := stdout_lines(cri, pod, "web")) < 3 and time.monotonic() < deadline:
@@ -89,12 +98,9 @@ def test_a_bad_address_fails_the_start_and_names_the_variable(cri):
 
 def test_a_trapping_request_gets_500_and_the_pod_keeps_serving(cri):
     kubelet = cri.kubelet
-    pod = Pod.load(MANIFEST)
-    with kubelet.running_pod(pod) as sandbox_id:
-        ids = kubelet.start_containers(pod, sandbox_id)
-        kubelet.wait_container(ids["web"], v1.CONTAINER_RUNNING, timeout=30)
+    with serving(kubelet, Pod.load(MANIFEST)) as (sandbox_id, container_id):
         (trapped, after) = get_in_pod(kubelet, sandbox_id, ["/trap", "/after"])
-        assert kubelet.container_status(ids["web"]).state == v1.CONTAINER_RUNNING
+        assert kubelet.container_status(container_id).state == v1.CONTAINER_RUNNING
     assert trapped == [500, "internal server error\n"]
     assert after[0] == 200 and "requests handled by this instance: 1" in after[1], after
     assert cri.ctd.leftovers() == []

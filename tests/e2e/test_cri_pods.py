@@ -4,6 +4,7 @@ stopping, and many pods at once. Every pod comes from a manifest in
 tests/cri/manifests and is removed again, leaving nothing behind."""
 
 import concurrent.futures
+import contextlib
 import copy
 import os
 import tempfile
@@ -43,14 +44,23 @@ def stdout_lines(cri, pod, name):
             if stream == "stdout" and tag == "F"]
 
 
-def run_once(cri, pod):
-    """Run a one-container pod until its container exits; returns the
-    container's final status and its stdout lines."""
+@contextlib.contextmanager
+def exited(cri, pod):
+    """Runs a one-container pod until its container exits; yields the
+    container's final status and stdout lines while the pod (and so its
+    emptyDir volumes) still exists."""
     (name,) = pod.containers
     with cri.kubelet.running_pod(pod) as sandbox_id:
         ids = cri.kubelet.start_containers(pod, sandbox_id)
         status = cri.kubelet.wait_container(ids[name])
-        return status, stdout_lines(cri, pod, name)
+        yield status, stdout_lines(cri, pod, name)
+
+
+def run_once(cri, pod):
+    """Run a one-container pod until its container exits; returns the
+    container's final status and its stdout lines."""
+    with exited(cri, pod) as outcome:
+        return outcome
 
 
 def host_dir(cri, name, files):
@@ -88,10 +98,7 @@ def test_config_dir_read_only_and_empty_dir(cri):
     pod = load("files-volumes.yaml")
     config = host_dir(cri, "config", {"input.txt": ("from the config map\n", 0o644)})
     pod.volumes["config"]["hostPath"]["path"] = config
-    with cri.kubelet.running_pod(pod) as sandbox_id:
-        ids = cri.kubelet.start_containers(pod, sandbox_id)
-        status = cri.kubelet.wait_container(ids["files"])
-        lines = stdout_lines(cri, pod, "files")
+    with exited(cri, pod) as (status, lines):
         with open(os.path.join(empty_dir(cri, pod, "data"), "output.txt")) as f:
             written = f.read()
     assert (status.exit_code, status.reason) == (0, "Completed"), (status, lines)
@@ -112,10 +119,7 @@ def run_as(cri, uid, secret):
     document["spec"]["securityContext"] = {"runAsUser": uid, "runAsGroup": uid}
     pod = Pod(document)
     pod.volumes["secret"]["hostPath"]["path"] = secret
-    with cri.kubelet.running_pod(pod) as sandbox_id:
-        ids = cri.kubelet.start_containers(pod, sandbox_id)
-        status = cri.kubelet.wait_container(ids["files"])
-        lines = stdout_lines(cri, pod, "files")
+    with exited(cri, pod) as (status, lines):
         written = os.stat(os.path.join(empty_dir(cri, pod, "data"), "output.txt"))
     return status, lines, (written.st_uid, written.st_gid)
 

@@ -9,7 +9,7 @@ import subprocess
 from harness import REPO_ROOT
 from pods import Pod
 from test_cri import MANIFESTS
-from test_cri_pods import empty_dir, host_dir, stdout_lines
+from test_cri_pods import empty_dir, exited, host_dir
 
 NATIVE_COMRAK = os.path.join(REPO_ROOT, "out", "comrak", "x86_64-unknown-linux-gnu", "bin", "comrak")
 
@@ -43,10 +43,7 @@ def test_comrak_renders_a_mounted_volume_like_its_native_build(cri, tmp_path):
     pod = Pod.load(os.path.join(MANIFESTS, "comrak-docs.yaml"))
     docs = documents(cri)
     pod.volumes["docs"]["hostPath"]["path"] = docs
-    with cri.kubelet.running_pod(pod) as sandbox_id:
-        ids = cri.kubelet.start_containers(pod, sandbox_id)
-        status = cri.kubelet.wait_container(ids["comrak"])
-        logs = stdout_lines(cri, pod, "comrak")
+    with exited(cri, pod) as (status, logs):
         with open(os.path.join(empty_dir(cri, pod, "out"), "docs.html"), "rb") as f:
             html = f.read()
     assert (status.exit_code, status.reason) == (0, "Completed"), (status, logs)

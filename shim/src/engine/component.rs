@@ -9,10 +9,18 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::{memory_cap, wasi_context, Guest, MemoryCap};
 
-struct State {
+/// A component's store data: its WASI context, resources and memory cap
+/// (wasi:http's store wraps it).
+pub(super) struct State {
     ctx: WasiCtx,
-    table: ResourceTable,
-    limits: MemoryCap,
+    pub(super) table: ResourceTable,
+    pub(super) limits: MemoryCap,
+}
+
+impl State {
+    pub(super) fn new(guest: &Guest) -> Result<Self> {
+        Ok(State { ctx: wasi_context(guest)?.build(), table: ResourceTable::new(), limits: memory_cap(guest) })
+    }
 }
 
 impl WasiView for State {
@@ -28,8 +36,7 @@ pub struct Prepared {
 }
 
 pub fn prepare(engine: &Engine, component: &Component, name: &str, guest: &Guest) -> Result<Prepared> {
-    let ctx = wasi_context(guest)?.build();
-    let mut store = Store::new(engine, State { ctx, table: ResourceTable::new(), limits: memory_cap(guest) });
+    let mut store = Store::new(engine, State::new(guest)?);
     store.limiter(|s| &mut s.limits);
 
     let mut linker: Linker<State> = Linker::new(engine);

@@ -16,16 +16,17 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Store};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtxView, WasiView};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use super::{memory_cap, wasi_context, Guest, MemoryCap};
+use super::{component, report_error, Guest};
+use crate::workload::env_value;
 
 /// The guest's environment variable naming the address to serve on.
 pub const ADDR_ENV: &str = "WASMLET_HTTP_ADDR";
@@ -43,22 +44,21 @@ pub fn exports_handler(engine: &Engine, component: &Component) -> bool {
     component.component_type().exports(engine).any(|(name, _)| name.starts_with(HANDLER))
 }
 
+/// A command component's store data plus wasi:http's, sharing one table.
 struct State {
-    wasi: WasiCtx,
+    wasi: component::State,
     http: WasiHttpCtx,
-    table: ResourceTable,
-    limits: MemoryCap,
 }
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        self.wasi.ctx()
     }
 }
 
 impl WasiHttpView for State {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: Default::default() }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.wasi.table, hooks: Default::default() }
     }
 }
 
@@ -75,14 +75,9 @@ struct Template {
 impl Template {
     fn store(&self) -> Result<Store<State>> {
         let guest = Guest { args: &self.args, env: &self.env, cwd: &self.cwd, memory_limit: self.memory_limit };
-        let state = State {
-            wasi: wasi_context(&guest)?.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            limits: memory_cap(&guest),
-        };
+        let state = State { wasi: component::State::new(&guest)?, http: WasiHttpCtx::new() };
         let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.wasi.limits);
         Ok(store)
     }
 }
@@ -132,7 +127,7 @@ async fn serve(template: Arc<Template>, listener: std::net::TcpListener) -> Resu
         let client = match listener.accept().await {
             Ok((client, _)) => client,
             Err(err) => {
-                log_error(format_args!("accept a connection: {err}"));
+                report_error(format_args!("accept a connection: {err}"));
                 tokio::time::sleep(ACCEPT_RETRY).await;
                 continue;
             }
@@ -158,7 +153,7 @@ async fn respond(template: &Template, request: hyper::Request<hyper::body::Incom
     let started = Instant::now();
     let (method, path) = (request.method().clone(), request.uri().path().to_string());
     let response = handle(template, request).await.unwrap_or_else(|err| {
-        log_error(format_args!("{method} {path}: {err:#}"));
+        report_error(format_args!("{method} {path}: {err:#}"));
         plain_response(500, "internal server error\n")
     });
     if template.log_requests {
@@ -185,7 +180,7 @@ async fn handle(template: &Template, request: hyper::Request<hyper::body::Incomi
             // The body may still be streaming: report a failure after the head.
             tokio::spawn(async move {
                 if let Ok(Err(err)) = task.await {
-                    log_error(format_args!("the handler failed after its response head: {err:?}"));
+                    report_error(format_args!("the handler failed after its response head: {err:?}"));
                 }
             });
             Ok(response)
@@ -206,22 +201,3 @@ fn plain_response(status: u16, text: &'static str) -> hyper::Response<HyperOutgo
     response
 }
 
-fn log_error(message: std::fmt::Arguments) {
-    let _ = writeln!(std::io::stderr(), "Error: {message}");
-}
-
-fn env_value<'a>(env: &'a [String], name: &str) -> Option<&'a str> {
-    env.iter().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_values_are_found_by_exact_name() {
-        let env = vec!["WASMLET_HTTP_ADDRESS=x".to_string(), "WASMLET_HTTP_ADDR=127.0.0.1:9000".to_string()];
-        assert_eq!(env_value(&env, ADDR_ENV), Some("127.0.0.1:9000"));
-        assert_eq!(env_value(&env, LOG_ENV), None);
-    }
-}

@@ -190,9 +190,14 @@ fn ended_by(err: &wasmtime::Error, cap_reached: bool) -> Ended {
 }
 
 fn failed(code: i32, message: String, out_of_memory: bool) -> Ended {
-    // Not eprintln!: a closed stderr must not turn a failure into a panic.
-    let _ = writeln!(std::io::stderr(), "Error: {message}");
+    report_error(&message);
     Ended { code, error: Some(message), out_of_memory }
+}
+
+/// `Error: message` on the guest's stderr. Not eprintln!: a closed stderr
+/// must not turn a failure into a panic.
+fn report_error(message: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "Error: {message}");
 }
 
 /// `K=V` strings as (K, V); an entry without `=` is a name with an empty value.
