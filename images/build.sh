@@ -20,6 +20,10 @@ TARGET_DIR="$WORKLOADS/target"
 WASM_DIR="$TARGET_DIR/wasm32-wasip1/release"
 COMPONENT_DIR="$TARGET_DIR/wasm32-wasip2/release"
 NATIVE_HELLO="$TARGET_DIR/x86_64-unknown-linux-gnu/release/hello"
+# The JSON API, benchmarked against its native twin: both built with the
+# fully optimising `serving` profile.
+JSON_API_WASM="$TARGET_DIR/wasm32-wasip2/serving/json_api.wasm"
+JSON_API_NATIVE="$TARGET_DIR/x86_64-unknown-linux-gnu/serving/json-api-native"
 PAUSE_SRC="$HERE/pause/pause.c"
 # The large module: comrak, a Markdown to HTML converter from crates.io,
 # built for wasm32-wasip1 and natively with the same features (syntax
@@ -35,7 +39,7 @@ WASM_WORKLOADS=(hello exit-code trap sleep files memory-hog)
 # (libraries, so cargo names their file with underscores).
 COMPONENT_WORKLOADS=(tcp-hello)
 HTTP_WORKLOADS=(hello-http)
-BUSYBOX_APPLETS=(sh echo sleep cat true ls nc)
+BUSYBOX_APPLETS=(sh echo sleep cat true ls nc httpd)
 
 log() { echo "build.sh: $*" >&2; }
 
@@ -65,15 +69,18 @@ build_workloads() (
     cd "$WORKLOADS"
     log "building wasm workloads"
     # Empty RUSTFLAGS: a caller's flags must not leak into the wasm build.
-    RUSTFLAGS= cargo build --release --target wasm32-wasip1 --target-dir "$TARGET_DIR"
+    RUSTFLAGS= cargo build --release --target wasm32-wasip1 --target-dir "$TARGET_DIR" --workspace --exclude json-api-native
     log "building wasm components"
     local name
     for name in "${COMPONENT_WORKLOADS[@]}" "${HTTP_WORKLOADS[@]}"; do
         RUSTFLAGS= cargo build --release --target wasm32-wasip2 --target-dir "$TARGET_DIR" -p "$name"
     done
-    log "building static native hello"
+    RUSTFLAGS= cargo build --profile serving --target wasm32-wasip2 --target-dir "$TARGET_DIR" -p json-api
+    log "building static native hello and json-api-native"
     RUSTFLAGS='-C target-feature=+crt-static' \
         cargo build --release --target x86_64-unknown-linux-gnu --target-dir "$TARGET_DIR" -p hello
+    RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo build --profile serving --target x86_64-unknown-linux-gnu --target-dir "$TARGET_DIR" -p json-api-native
 )
 
 # `cargo install --locked` builds comrak with its own published lock file; a
@@ -110,6 +117,8 @@ pack_wasm_images() {
         pack --name "wasmlet.test/$name:latest" --out "$IMAGES/$name.tar" \
             --file "/$name.wasm=$COMPONENT_DIR/${name//-/_}.wasm" --entrypoint "/$name.wasm"
     done
+    pack --name wasmlet.test/json-api:latest --out "$IMAGES/json-api.tar" \
+        --file "/json-api.wasm=$JSON_API_WASM" --entrypoint /json-api.wasm
     pack --name wasmlet.test/comrak:latest --out "$IMAGES/comrak.tar" \
         --file "/comrak.wasm=$COMRAK_WASM" --entrypoint /comrak.wasm
 }
@@ -130,6 +139,8 @@ pack_native_images() {
         --file "/hello=$NATIVE_HELLO" --entrypoint /hello
     pack --name wasmlet.test/comrak-native:latest --out "$IMAGES/comrak-native.tar" \
         --file "/comrak=$COMRAK_NATIVE" --entrypoint /comrak
+    pack --name wasmlet.test/json-api-native:latest --out "$IMAGES/json-api-native.tar" \
+        --file "/json-api-native=$JSON_API_NATIVE" --entrypoint /json-api-native
 
     local links=() applet
     for applet in "${BUSYBOX_APPLETS[@]}"; do

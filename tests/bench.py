@@ -18,7 +18,10 @@ through it the way kubelet runs them (tests/cri):
   (e) the large module (comrak, 3 MB of wasm; natively a static ELF under
       runc): pod start with compiling (an empty node cache) and cached,
       interleaved with the hello pod; and PSS per idle pod (comrak waiting
-      on stdin) at 1, 10 and 50 pods of each side.
+      on stdin) at 1, 10 and 50 pods of each side;
+  (f) HTTP: requests/s, p50 and p99 of the JSON API component in a wasm
+      pod, under `wasmtime serve`, and as a native server in a runc pod,
+      loaded by wrk (tests/bench_http.py).
 
 Prints a table and writes the figures to out/bench/results-<UTC>.json and
 out/bench/latest.json. Missing a goal is reported, never a failure exit.
@@ -45,6 +48,7 @@ sys.path.insert(0, os.path.join(TESTS_DIR, "cri"))
 
 from harness import (CONTAINERD_VERSION, REPO_ROOT, RUNC_RUNTIME, SHIM_NAME,  # noqa: E402
                      WASM_RUNTIME, Containerd)
+from bench_http import bench_http, http_goals, print_http_table  # noqa: E402
 
 IMAGES_DIR = os.path.join(REPO_ROOT, "out", "images")
 OUT_DIR = os.path.join(REPO_ROOT, "out", "bench")
@@ -68,7 +72,7 @@ SLEEP = {
 RUNTIMES = {"wasmlet": WASM_RUNTIME, "runc": RUNC_RUNTIME}
 SHIMS = {"wasmlet": SHIM_NAME, "runc": "containerd-shim-runc-v2"}
 NEEDED_TARS = ("hello.tar", "hello-native.tar", "sleep.tar", "busybox.tar")
-POD_TARS = ("pause.tar", "comrak.tar", "comrak-native.tar")
+POD_TARS = ("pause.tar", "comrak.tar", "comrak-native.tar", "json-api.tar", "json-api-native.tar")
 
 # (e): comrak renders a one-line document from a hostPath; idle, it reads
 # stdin, which CRI keeps open.
@@ -525,9 +529,9 @@ def bench_large(ctd, kubelet, runs):
     return {"first": {side: stats(s) for side, s in first.items()}, "cached": cached, "idle": idle}
 
 
-def bench_pods(count):
-    """(c), (d) and (e) on a containerd of their own serving CRI with both
-    runtimes; returns (latency, idle, large, leftovers)."""
+def bench_pods(count, http):
+    """(c), (d), (e) and, if http, (f) on a containerd of their own serving
+    CRI with both runtimes; returns (latency, idle, large, http, leftovers)."""
     from kubelet import Kubelet
     ctd = Containerd(cri=True)
     kubelet = None
@@ -539,6 +543,7 @@ def bench_pods(count):
                               count, "pod start latency")
         idle = {side: bench_idle_pods_side(ctd, kubelet, side, count) for side in SIDES}
         large = bench_large(ctd, kubelet, count)
+        http_results = bench_http(kubelet, log) if http else None
         left = ctd.leftovers()
     finally:
         if kubelet is not None:
@@ -549,7 +554,7 @@ def bench_pods(count):
                 log(f"removing pods failed: {e}")
             kubelet.close()
         ctd.stop()
-    return latency, idle, large, left
+    return latency, idle, large, http_results, left
 
 
 # ---- report -------------------------------------------------------------------
@@ -574,7 +579,7 @@ def summarize(latency, idle, pods):
     rows.append(memory_row(idle, "pss_per_task_kb", "idle_pss_per_task",
                            "idle PSS per task (kB)", MEMORY_GOAL))
     if pods is not None:
-        pod_latency, pod_idle, large, _ = pods
+        pod_latency, pod_idle, large, _, _ = pods
         rows += latency_rows(pod_latency, "pod_start", "pod start", POD_LATENCY_GOAL)
         rows.append(memory_row(pod_idle, "pss_per_pod_kb", "idle_pss_per_pod",
                                "idle PSS per pod (kB)", POD_MEMORY_GOAL))
@@ -648,6 +653,8 @@ def main():
                         help="idle sleeping tasks per side (default 20)")
     parser.add_argument("--pods", type=positive_int, default=20,
                         help="measured pod starts and idle pods per side (default 20)")
+    parser.add_argument("--no-http", action="store_true",
+                        help="skip the HTTP measurements (f)")
     parser.add_argument("--no-pods", action="store_true",
                         help="skip the pod measurements (and their CRI containerd)")
     opts = parser.parse_args()
@@ -679,13 +686,16 @@ def main():
     pods = None
     if not opts.no_pods:
         try:
-            pods = bench_pods(opts.pods)
+            pods = bench_pods(opts.pods, http=not opts.no_http)
         except BenchError as e:
             sys.exit(f"bench: aborted: {e}")
-        left += [f"CRI containerd: {item}" for item in pods[3]]
+        left += [f"CRI containerd: {item}" for item in pods[4]]
 
     rows = summarize(latency, idle, pods)
+    http = None if pods is None else pods[3]
     own_goals = [] if pods is None else large_goals(pods[2])
+    if http is not None:
+        own_goals += http_goals(http)
     results = {
         "timestamp": timestamp,
         "host": {"kernel": os.uname().release, "cpus": os.cpu_count()},
@@ -699,6 +709,7 @@ def main():
         "pod_start_latency": None if pods is None else pods[0],
         "idle_pod_memory": None if pods is None else pods[1],
         "large_module": None if pods is None else pods[2],
+        "http": http,
         "ratios": {key: ratio for key, _, _, _, ratio, _ in rows},
         "goals": {**{key: {"max_ratio": goal, "met": ratio <= goal}
                      for key, _, _, _, ratio, goal in rows if goal is not None},
@@ -710,8 +721,10 @@ def main():
 
     print()
     print_table(rows)
+    if http is not None:
+        print_http_table(http)
     for _, what, value, goal, met in own_goals:
-        print(f"{what}: {value:.2f} (goal <= {goal:.2f}: {'met' if met else 'NOT met'})")
+        print(f"{what}: {value:.2f} (goal {goal:.2f}: {'met' if met else 'NOT met'})")
     for side in SIDES:
         s = idle[side]
         print(f"  {side}: {s['tasks']} idle tasks, {s['shims']} shims, "

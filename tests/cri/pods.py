@@ -10,7 +10,7 @@ the termination message file; runAsUser/runAsGroup/readOnlyRootFilesystem
 and the rest of the security context; the log path below the pod's log
 directory. Not covered (the tests have no API server): env from other
 objects, service links, DNS config (containerd then copies the host's
-resolv.conf), probes, ports, init containers.
+resolv.conf), ports, init containers. Probes are run by probes.py.
 
     pod = Pod.load("tests/cri/manifests/busybox-echo.yaml")
     pod.prepare(pod_dir)                       # volumes, like kubelet's volume manager

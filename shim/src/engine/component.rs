@@ -7,7 +7,7 @@ use wasmtime::{Engine, Store};
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::{memory_cap, wasi_context, Guest, MemoryCap};
+use super::{memory_cap, wasi_context, without_deadline, Guest, MemoryCap};
 
 /// A component's store data: its WASI context, resources and memory cap
 /// (wasi:http's store wraps it).
@@ -38,6 +38,7 @@ pub struct Prepared {
 pub fn prepare(engine: &Engine, component: &Component, name: &str, guest: &Guest) -> Result<Prepared> {
     let mut store = Store::new(engine, State::new(guest)?);
     store.limiter(|s| &mut s.limits);
+    without_deadline(&mut store);
 
     let mut linker: Linker<State> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;

@@ -7,10 +7,11 @@ mod http;
 mod module;
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use wasmtime::component::Component;
-use wasmtime::{Engine, Module, Precompiled, ResourceLimiter, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Module, Precompiled, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::cache::{Cache, Outcome};
@@ -21,12 +22,14 @@ pub const TRAP_EXIT_CODE: i32 = 134;
 /// 128 + SIGKILL, as if the kernel's OOM killer had ended it.
 pub const OUT_OF_MEMORY_EXIT_CODE: i32 = 137;
 
-/// What the guest is given: argv, environment, working directory, memory cap.
+/// What the guest is given: argv, environment, working directory, memory
+/// cap, and the CPUs its cgroup allows (an HTTP server's worker threads).
 pub struct Guest<'a> {
     pub args: &'a [String],
     pub env: &'a [String],
     pub cwd: &'a str,
     pub memory_limit: Option<u64>,
+    pub cpus: usize,
 }
 
 /// The store's limits, remembering whether a growth was refused by them.
@@ -47,10 +50,12 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// A compiled program.
+/// A compiled program: a core module, a command component, or a
+/// component to serve as a wasi:http handler.
 pub enum Program {
     Module(Module),
     Component(Component),
+    Handler(http::Handler),
 }
 
 /// An instantiated program, ready to run.
@@ -67,32 +72,58 @@ pub fn is_component(wasm: &[u8]) -> bool {
 }
 
 pub fn new_engine() -> Result<Engine> {
-    // Built without parallel compilation: compiling runs before privileges
-    // are dropped, and capabilities are per thread, so no compiler thread
-    // may outlive it.
-    Ok(Engine::new(&wasmtime::Config::new())?)
+    Ok(Engine::new(&config())?)
+}
+
+/// The settings compiled code depends on, shared by every engine here.
+fn config() -> Config {
+    // wasmtime is built without parallel compilation: compiling runs before
+    // privileges are dropped, and capabilities are per thread, so no
+    // compiler thread may outlive it.
+    let mut config = Config::new();
+    // Checks in the code let an HTTP server cut a runaway request. Only the
+    // server advances the epoch: other guests set no deadline.
+    config.epoch_interruption(true);
+    config
+}
+
+/// No epoch deadline: for guests that run to their end.
+fn without_deadline<T>(store: &mut Store<T>) {
+    store.set_epoch_deadline(u64::MAX);
 }
 
 /// Loads the wasm whose sha256 is `key` (shown as `name` in errors) from the
-/// cache; on a miss, `read` gives its bytes to compile.
-pub fn load(engine: &Engine, cache: &Cache, key: &str, read: impl FnOnce() -> Result<Vec<u8>>, name: &str) -> Result<(Program, Outcome)> {
+/// cache; on a miss, `read` gives its bytes to compile. A wasi:http handler
+/// is loaded for serving as the guest's environment `env` configures it.
+pub fn load(engine: &Engine, cache: &Cache, key: &str, read: impl FnOnce() -> Result<Vec<u8>>, name: &str, env: &[String]) -> Result<(Program, Outcome)> {
     let (artifact, outcome) = cache.artifact(engine, key, || {
         let wasm = read()?;
         let compiled = if is_component(&wasm) { engine.precompile_component(&wasm) } else { engine.precompile_module(&wasm) };
         compiled.map_err(|e| anyhow!("invalid wasm module {name}: {e:#}"))
     })?;
     let kind = Engine::detect_precompiled_file(&artifact).map_err(anyhow::Error::from).with_context(|| format!("read {}", artifact.display()))?;
-    // Safety: the artifact was written by this engine and its checksum was
-    // verified this boot; the cache never rewrites an entry in place.
-    let program = unsafe {
-        match kind {
-            Some(Precompiled::Component) => Component::deserialize_file(engine, &artifact).map(Program::Component),
-            Some(Precompiled::Module) => Module::deserialize_file(engine, &artifact).map(Program::Module),
-            None => bail!("{} is not compiled wasm", artifact.display()),
+    let program = match kind {
+        Some(Precompiled::Component) => {
+            let component = deserialize(&artifact, name, |path| unsafe { Component::deserialize_file(engine, path) })?;
+            if http::exports_handler(engine, &component) {
+                // Its own engine, while the cache is still reachable.
+                Program::Handler(http::Handler::load(&artifact, name, env)?)
+            } else {
+                Program::Component(component)
+            }
         }
+        Some(Precompiled::Module) => Program::Module(deserialize(&artifact, name, |path| unsafe { Module::deserialize_file(engine, path) })?),
+        None => bail!("{} is not compiled wasm", artifact.display()),
     };
-    let program = program.map_err(anyhow::Error::from).with_context(|| format!("load compiled {name} from {}", artifact.display()))?;
     Ok((program, outcome))
+}
+
+/// Maps compiled code from the cache with `load`, which must be called only
+/// on artifacts of `load`'s engine: the cache wrote them with this engine
+/// and verified their checksum this boot, and never rewrites an entry in
+/// place, which is what makes wasmtime's unsafe deserialize sound here.
+fn deserialize<T>(artifact: &Path, name: &str, load: impl FnOnce(&Path) -> wasmtime::Result<T>) -> Result<T> {
+    load(artifact).map_err(anyhow::Error::from).with_context(|| format!("load compiled {name} from {}", artifact.display()))
 }
 
 /// Instantiates the program with WASI; every linking problem surfaces here,
@@ -102,15 +133,11 @@ pub fn load(engine: &Engine, cache: &Cache, key: &str, read: impl FnOnce() -> Re
 pub fn prepare(engine: &Engine, program: &Program, name: &str, export: &str, guest: &Guest) -> Result<Prepared> {
     match program {
         Program::Module(module) => Ok(Prepared::Module(module::prepare(engine, module, name, export, guest)?)),
-        Program::Component(component) => {
-            if export != "_start" {
-                bail!("{name} is a component, which runs wasi:cli/run or serves wasi:http: `#{export}` is for core modules");
-            }
-            if http::exports_handler(engine, component) {
-                return Ok(Prepared::Http(http::prepare(engine, component, name, guest)?));
-            }
-            Ok(Prepared::Component(component::prepare(engine, component, name, guest)?))
+        Program::Component(_) | Program::Handler(_) if export != "_start" => {
+            bail!("{name} is a component, which runs wasi:cli/run or serves wasi:http: `#{export}` is for core modules")
         }
+        Program::Component(component) => Ok(Prepared::Component(component::prepare(engine, component, name, guest)?)),
+        Program::Handler(handler) => Ok(Prepared::Http(http::prepare(handler, name, guest)?)),
     }
 }
 
@@ -159,22 +186,28 @@ pub struct Ended {
 /// Runs the entry export. A failure (trap, out of memory, host error) is
 /// also printed on stderr, with the wasm backtrace.
 pub fn run(prepared: Prepared) -> Ended {
-    // WASI's blocking calls (poll_oneoff, sockets) are driven by tokio. Left
-    // alone, wasmtime-wasi starts a runtime with a worker per core; one
-    // worker is plenty for one guest and keeps an idle instance small.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(err) => return failed(1, format!("start the I/O runtime: {err}"), false),
-    };
-    let _context = runtime.enter();
     let (result, cap_reached) = match prepared {
-        Prepared::Module(module) => module.run(),
-        Prepared::Component(component) => component.run(),
-        Prepared::Http(server) => server.run(&runtime),
+        Prepared::Module(module) => with_io_runtime(|| module.run()),
+        Prepared::Component(component) => with_io_runtime(|| component.run()),
+        Prepared::Http(server) => (server.run().map_err(wasmtime::Error::from_anyhow), false),
     };
     match result {
         Ok(()) => Ended { code: 0, error: None, out_of_memory: false },
         Err(err) => ended_by(&err, cap_reached),
+    }
+}
+
+/// Runs a guest to its end with a runtime for WASI's blocking calls
+/// (poll_oneoff, sockets). Left alone, wasmtime-wasi starts a runtime with
+/// a worker per core; one worker is plenty for one guest and keeps an idle
+/// instance small.
+fn with_io_runtime(run: impl FnOnce() -> (wasmtime::Result<()>, bool)) -> (wasmtime::Result<()>, bool) {
+    match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(runtime) => {
+            let _context = runtime.enter();
+            run()
+        }
+        Err(err) => (Err(wasmtime::Error::msg(format!("start the I/O runtime: {err}"))), false),
     }
 }
 
@@ -212,7 +245,7 @@ mod tests {
     fn run_wat(wat: &str, export: &str, memory_limit: Option<u64>) -> Result<i32> {
         let engine = new_engine()?;
         let module = Program::Module(Module::new(&engine, wat::parse_str(wat)?)?);
-        let guest = Guest { args: &["m".into()], env: &[], cwd: "/", memory_limit };
+        let guest = Guest { args: &["m".into()], env: &[], cwd: "/", memory_limit, cpus: 1 };
         Ok(run(prepare(&engine, &module, "/m.wasm", export, &guest)?).code)
     }
 

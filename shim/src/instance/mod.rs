@@ -58,16 +58,17 @@ pub fn main(args: &[String]) -> ! {
 /// The program from the node cache: a layer is found by its digest alone,
 /// a module in the rootfs by the sha256 of its bytes. Those are hashed on
 /// every start: an image's file attributes cannot vouch for its content.
-fn load(engine: &Engine, source: &ModuleSource, name: &str, rootfs: &Path) -> Result<(Program, Outcome)> {
+fn load(engine: &Engine, source: &ModuleSource, name: &str, rootfs: &Path, env: &[String]) -> Result<(Program, Outcome)> {
     let cache = Cache::from_env()?;
     match source {
         ModuleSource::Rootfs(path) => {
             let wasm = workload::read_module(rootfs, path).with_context(|| format!("read {name}"))?;
             let key = hex::encode(Sha256::digest(&wasm));
-            engine::load(engine, &cache, &key, || Ok(wasm), name)
+            engine::load(engine, &cache, &key, || Ok(wasm), name, env)
         }
         ModuleSource::Layer { sha256, file, .. } => {
-            engine::load(engine, &cache, sha256, || std::fs::read(file).with_context(|| format!("read {}", file.display())), name)
+            let read = || std::fs::read(file).with_context(|| format!("read {}", file.display()));
+            engine::load(engine, &cache, sha256, read, name, env)
         }
     }
 }
@@ -100,10 +101,13 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
     let rootfs = rootfs::path_of(&spec, bundle);
     let name = source.name();
     let engine = engine::new_engine()?;
-    let (program, outcome) = load(&engine, &source, &name, &rootfs)?;
+    let env = process.env().as_deref().unwrap_or_default();
+    let (program, outcome) = load(&engine, &source, &name, &rootfs, env)?;
     let _ = writeln!(status, "log compiled code for {name}: cache {outcome:?}");
 
     privileges::ensure_single_thread()?;
+    // Read while the host's /proc is still there: the cgroup's CPU quota.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     isolation::enter_rootfs(&spec, &rootfs)?;
     let mut argv = process.args().clone().unwrap_or_default();
     if let Some(first) = argv.first_mut() {
@@ -111,12 +115,13 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
     }
     let guest = Guest {
         args: &argv,
-        env: process.env().as_deref().unwrap_or_default(),
+        env,
         cwd: process.cwd().to_str().unwrap_or("/"),
         memory_limit: cgroup::memory_limit(resources).map(|limit| {
             let used = cgroup_path.as_deref().and_then(cgroup::memory_usage).unwrap_or(0);
             cgroup::guest_memory_cap(limit, used)
         }),
+        cpus,
     };
     let prepared = engine::prepare(&engine, &program, &name, export, &guest)?;
     privileges::drop_all(process.user())?;

@@ -1,0 +1,197 @@
+//! One request: wait for a free slot, give it a fresh store and instance
+//! from the template, call the handler under the request's deadline, and
+//! turn whatever went wrong into a status the client can act on.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::sync::Semaphore;
+use tokio::time::timeout_at;
+use wasmtime::component::ResourceTable;
+use wasmtime::Store;
+use wasmtime_wasi::{WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::budget::{Budget, Share};
+use super::epoch::Clock;
+use super::settings::{Settings, TIMEOUT_ENV};
+use crate::engine::{component, report_error, Guest};
+
+pub type Response = hyper::Response<HyperOutgoingBody>;
+
+/// A command component's store data plus wasi:http's, sharing one table,
+/// and this request's share of the pod's memory.
+pub struct State {
+    wasi: component::State,
+    http: WasiHttpCtx,
+    memory: Share,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.wasi.ctx()
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        let table: &mut ResourceTable = &mut self.wasi.table;
+        WasiHttpCtxView { ctx: &mut self.http, table, hooks: Default::default() }
+    }
+}
+
+/// What every request's instance is given, owned for the server's life.
+pub struct Template {
+    pub pre: ProxyPre<State>,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub settings: Settings,
+    pub budget: Arc<Budget>,
+}
+
+impl Template {
+    fn store(&self) -> Result<Store<State>> {
+        // The memory limit is the shared budget's, not each instance's.
+        let guest = Guest { args: &self.args, env: &self.env, cwd: &self.cwd, memory_limit: None, cpus: 1 };
+        let state = State { wasi: component::State::new(&guest)?, http: WasiHttpCtx::new(), memory: Share::new(&self.budget) };
+        let mut store = Store::new(self.pre.engine(), state);
+        store.limiter(|s| &mut s.memory);
+        // Yield to the server at every epoch tick (see epoch.rs).
+        store.epoch_deadline_async_yield_and_update(1);
+        store.set_epoch_deadline(1);
+        Ok(store)
+    }
+}
+
+/// The server's state shared by every connection.
+pub struct Server {
+    pub template: Template,
+    /// One permit per request being handled, held until its instance is gone.
+    pub slots: Arc<Semaphore>,
+    pub clock: Arc<Clock>,
+}
+
+/// Why a request got no answer from its handler.
+enum Failure {
+    /// No slot came free before the deadline.
+    Busy,
+    TimedOut,
+    OutOfMemory(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
+impl Failure {
+    fn response(&self, settings: &Settings) -> (Response, String) {
+        match self {
+            Failure::Busy => (
+                plain_response(503, "server busy\n"),
+                format!("no request slot came free within {:?} ({} handled at once)", settings.timeout, settings.concurrency),
+            ),
+            Failure::TimedOut => (
+                plain_response(504, "request timed out\n"),
+                format!("the request took longer than {:?} ({TIMEOUT_ENV})", settings.timeout),
+            ),
+            Failure::OutOfMemory(err) => (
+                plain_response(500, "internal server error\n"),
+                format!("the requests in flight reached the pod's memory limit: {err:?}"),
+            ),
+            Failure::Failed(err) => (plain_response(500, "internal server error\n"), format!("{err:#}")),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        Failure::Failed(err)
+    }
+}
+
+impl From<wasmtime::Error> for Failure {
+    fn from(err: wasmtime::Error) -> Self {
+        Failure::Failed(err.into())
+    }
+}
+
+/// The handler's response or an error status; one log line per request.
+pub async fn respond(server: Arc<Server>, request: hyper::Request<hyper::body::Incoming>) -> Response {
+    let started = Instant::now();
+    let settings = &server.template.settings;
+    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    let response = handle(&server, request).await.unwrap_or_else(|failure| {
+        let (response, why) = failure.response(settings);
+        report_error(format_args!("{method} {path}: {why}"));
+        response
+    });
+    if settings.log_requests {
+        let millis = started.elapsed().as_secs_f64() * 1000.0;
+        // Not println!: a closed stdout must not panic the server.
+        let _ = writeln!(std::io::stdout(), "{method} {path} {} {millis:.3}ms", response.status().as_u16());
+    }
+    response
+}
+
+async fn handle(server: &Server, request: hyper::Request<hyper::body::Incoming>) -> Result<Response, Failure> {
+    let deadline = tokio::time::Instant::now() + server.template.settings.timeout;
+    let slot = match timeout_at(deadline, server.slots.clone().acquire_owned()).await {
+        Ok(Ok(slot)) => slot,
+        _ => return Err(Failure::Busy),
+    };
+    let mut store = server.template.store()?;
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let request = store.data_mut().http().new_incoming_request(Scheme::Http, request)?;
+    let out = store.data_mut().http().new_response_outparam(sender)?;
+    let pre = server.template.pre.clone();
+    let ticking = server.clock.running();
+    // The instance lives on in its own task while it streams the body.
+    let task = tokio::spawn(async move {
+        let call = async {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out).await
+        };
+        let result = timeout_at(deadline, call).await;
+        let out_of_memory = store.data().memory.reached;
+        // The instance goes back to the pool before its slot is freed.
+        drop(store);
+        drop((slot, ticking));
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) if out_of_memory => Err(Failure::OutOfMemory(err.into())),
+            Ok(Err(err)) => Err(Failure::Failed(anyhow!("the handler failed: {err:?}"))),
+            Err(_) => Err(Failure::TimedOut),
+        }
+    });
+    match receiver.await {
+        Ok(Ok(response)) => {
+            // The body may still be streaming: report a failure after the head.
+            let settings = server.template.settings.clone();
+            tokio::spawn(async move {
+                if let Ok(Err(failure)) = task.await {
+                    let (_, why) = failure.response(&settings);
+                    report_error(format_args!("after the response head: {why}"));
+                }
+            });
+            Ok(response)
+        }
+        Ok(Err(code)) => Err(Failure::Failed(anyhow!("the handler answered with error {code:?}"))),
+        Err(_) => match task.await {
+            Ok(Ok(())) => Err(Failure::Failed(anyhow!("the handler returned without setting a response"))),
+            Ok(Err(failure)) => Err(failure),
+            Err(join) => Err(Failure::Failed(anyhow!("the handler's task ended: {join}"))),
+        },
+    }
+}
+
+fn plain_response(status: u16, text: &'static str) -> Response {
+    let body = Full::new(Bytes::from_static(text.as_bytes())).map_err(|never| match never {}).boxed_unsync();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response
+}
