@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 
 use crate::cache::{Cache, Outcome};
-use crate::engine::{self, Guest, Prepared, Program};
+use crate::engine::{self, Guest, Kind, Prepared, Program};
 use crate::handshake::{self, START_FD, STATUS_FD};
 use crate::workload::ModuleSource;
 use crate::{cgroup, rootfs, workload};
@@ -55,22 +55,35 @@ pub fn main(args: &[String]) -> ! {
     std::process::exit(ended.code);
 }
 
-/// The program from the node cache: a layer is found by its digest alone,
-/// a module in the rootfs by the sha256 of its bytes. Those are hashed on
-/// every start: an image's file attributes cannot vouch for its content.
-fn load(engine: &Engine, source: &ModuleSource, name: &str, rootfs: &Path, env: &[String]) -> Result<(Program, Outcome)> {
+/// The program from the node cache, and the engine for its kind: a layer
+/// is found by its digest alone, a module in the rootfs by the sha256 of its
+/// bytes. Those are hashed on every start: an image's file attributes
+/// cannot vouch for its content.
+fn load(source: &ModuleSource, name: &str, rootfs: &Path, env: &[String]) -> Result<(Engine, Program, Outcome)> {
     let cache = Cache::from_env()?;
-    match source {
+    let (engine, (program, outcome)) = match source {
         ModuleSource::Rootfs(path) => {
             let wasm = workload::read_module(rootfs, path).with_context(|| format!("read {name}"))?;
             let key = hex::encode(Sha256::digest(&wasm));
-            engine::load(engine, &cache, &key, || Ok(wasm), name, env)
+            let engine = engine::new_engine(Kind::of(&wasm))?;
+            let loaded = engine::load(&engine, &cache, &key, || Ok(wasm), name, env)?;
+            (engine, loaded)
         }
         ModuleSource::Layer { sha256, file, .. } => {
+            let engine = engine::new_engine(Kind::of(&preamble(file)?))?;
             let read = || std::fs::read(file).with_context(|| format!("read {}", file.display()));
-            engine::load(engine, &cache, sha256, read, name, env)
+            let loaded = engine::load(&engine, &cache, sha256, read, name, env)?;
+            (engine, loaded)
         }
-    }
+    };
+    Ok((engine, program, outcome))
+}
+
+/// The first bytes of a wasm file, enough to tell its kind.
+fn preamble(file: &Path) -> Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(8);
+    File::open(file).and_then(|f| f.take(8).read_to_end(&mut bytes)).with_context(|| format!("read {}", file.display()))?;
+    Ok(bytes)
 }
 
 fn start_requested() -> bool {
@@ -100,9 +113,8 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
 
     let rootfs = rootfs::path_of(&spec, bundle);
     let name = source.name();
-    let engine = engine::new_engine()?;
     let env = process.env().as_deref().unwrap_or_default();
-    let (program, outcome) = load(&engine, &source, &name, &rootfs, env)?;
+    let (engine, program, outcome) = load(&source, &name, &rootfs, env)?;
     let _ = writeln!(status, "log compiled code for {name}: cache {outcome:?}");
 
     privileges::ensure_single_thread()?;

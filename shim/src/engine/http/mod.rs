@@ -120,7 +120,7 @@ fn pooling_engine(concurrency: u32) -> Result<Engine> {
         .pagemap_scan(Enabled::Auto)
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT);
-    let mut config = super::config();
+    let mut config = super::config(super::Kind::Component);
     config.allocation_strategy(pool);
     Engine::new(&config).map_err(anyhow::Error::from).context("create the instance pool")
 }
