@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Run wasm tasks (wasmlet) next to runc tasks on a private containerd, then
-wasm, hybrid and runc pods through containerd's CRI as kubelet would, and
+wasm, wasi:http, hybrid and runc pods through containerd's CRI as kubelet would, and
 print what each did. Needs the shim built and out/images filled:
 `make demo` does both first.
 """
 
 import atexit
 import glob
+import json
 import os
 import shlex
 import shutil
@@ -100,9 +101,11 @@ MANIFESTS = os.path.join(TESTS, "cri", "manifests")
 
 
 def run_pods():
-    """The pods part: a wasm pod, a hybrid pod (wasm server + runc sidecar)
-    and a runc pod, from the manifests in tests/cri/manifests."""
+    """The pods part: a wasm pod, a wasi:http pod (the JSON API), a hybrid
+    pod (wasm server + runc sidecar) and a runc pod, from the manifests in
+    tests/cri/manifests."""
     from kubelet import Kubelet, read_cri_log  # generates the CRI stubs
+    from pod_http import request_in_pod
     from pods import Pod
 
     ctd = Containerd(cri=True)
@@ -120,6 +123,20 @@ def run_pods():
             log = " | ".join(entry[3] for entry in read_cri_log(kubelet.log_path(pod, name)))
             return f"exit {status.exit_code} ({status.reason}); log: {log}"
 
+    def http_service(manifest):
+        pod = Pod.load(os.path.join(MANIFESTS, manifest))
+        with kubelet.running_pod(pod) as sandbox:
+            container = kubelet.start_containers(pod, sandbox)["web"]
+            order = json.dumps({"id": "demo", "currency": "eur", "customer": {"name": "Ada", "country": "DE"},
+                                "items": [{"sku": "tea", "name": "Tea", "unit_price_cents": 450, "quantity": 4}]})
+            pid = kubelet.pod_sandbox_info(sandbox)["pid"]
+            (status, body), (usage_status, _) = request_in_pod(pid, [("POST", "/invoice", order), "/"])
+            kubelet.stop_container(container, grace_seconds=10)
+            stopped = kubelet.container_status(container)
+        total = json.loads(body)["total_cents"] if status == 200 else body
+        return (f"POST /invoice -> {status}, total_cents {total}; GET / -> {usage_status}; "
+                f"SIGTERM -> exit {stopped.exit_code} ({stopped.reason})")
+
     def hybrid():
         pod = Pod.load(os.path.join(MANIFESTS, "hybrid-tcp.yaml"))
         with kubelet.running_pod(pod) as sandbox:
@@ -133,6 +150,7 @@ def run_pods():
             return f"sidecar `nc 127.0.0.1 8080` got: {res.stdout.decode().strip()!r}"
 
     for manifest, handler, what in [("hello-wasm.yaml", "wasmlet", completed),
+                                     ("json-api.yaml", "wasmlet", http_service),
                                      ("hybrid-tcp.yaml", "wasmlet", lambda _: hybrid()),
                                      ("busybox-echo.yaml", "runc", completed)]:
         try:

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from harness import REPO_ROOT
+import pod_http
 from kubelet import read_cri_log, v1
 from pods import Pod
 from probes import run_probe
@@ -21,44 +22,13 @@ from test_cri_pods import stdout_lines
 MANIFESTS = os.path.join(REPO_ROOT, "tests", "cri", "manifests")
 MANIFEST = os.path.join(MANIFESTS, "hello-http.yaml")
 
-# Runs inside the pod's network namespace: sends the requests of argv[2]
-# ([[method, path, body or null], ...]) on one keep-alive connection to
-# 127.0.0.1:argv[1], retrying the connection until the server listens;
-# prints [[status, body], ...] as JSON.
-CLIENT = """
-import http.client, json, sys, time
-port, requests = int(sys.argv[1]), json.loads(sys.argv[2])
-deadline = time.monotonic() + 10
-while True:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.connect()
-        break
-    except OSError:
-        if time.monotonic() > deadline:
-            raise
-        time.sleep(0.1)
-answers = []
-for method, path, body in requests:
-    conn.request(method, path, body=body, headers={"X-Wasmlet-Test": path})
-    response = conn.getresponse()
-    answers.append([response.status, response.read().decode()])
-print(json.dumps(answers))
-"""
-
 
 def client_command(kubelet, sandbox_id, requests, port):
-    """The command that runs CLIENT in the pod's network namespace; a
-    request is a path to GET or (method, path, body)."""
-    requests = [["GET", r, None] if isinstance(r, str) else list(r) for r in requests]
-    pid = kubelet.pod_sandbox_info(sandbox_id)["pid"]
-    return ["nsenter", f"--net=/proc/{pid}/ns/net", "python3", "-c", CLIENT, str(port), json.dumps(requests)]
+    return pod_http.client_command(kubelet.pod_sandbox_info(sandbox_id)["pid"], requests, port)
 
 
 def get_in_pod(kubelet, sandbox_id, requests, port=8080):
-    res = subprocess.run(client_command(kubelet, sandbox_id, requests, port), capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
+    return pod_http.request_in_pod(kubelet.pod_sandbox_info(sandbox_id)["pid"], requests, port)
 
 
 def stderr_text(cri, pod, name):
