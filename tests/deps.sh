@@ -17,8 +17,9 @@ GRPC_TOOLS=(grpcio-tools==1.49.1 "setuptools<81")
 PYYAML=PyYAML==6.0.3
 # CRI streaming exec speaks WebSocket (channel.k8s.io).
 WEBSOCKET_CLIENT=websocket-client==1.9.2
-# jq and iproute2 for the test CNI plugin (tests/cri/cni/wasmlet-loopback).
-APT_PACKAGES=(containerd runc protobuf-compiler busybox-static jq iproute2)
+# jq and iproute2 for the test CNI plugin (tests/cri/cni/wasmlet-loopback);
+# wrk loads the HTTP servers in `make bench`.
+APT_PACKAGES=(containerd runc protobuf-compiler busybox-static jq iproute2 wrk)
 WASM_TARGETS=(wasm32-wasip1 wasm32-wasip2)
 
 # cargo/rustup usually live in ~/.cargo/bin, which a non-login shell may lack.

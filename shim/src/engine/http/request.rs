@@ -11,7 +11,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use tokio::time::timeout_at;
-use wasmtime::component::ResourceTable;
 use wasmtime::Store;
 use wasmtime_wasi::{WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -42,8 +41,7 @@ impl WasiView for State {
 
 impl WasiHttpView for State {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        let table: &mut ResourceTable = &mut self.wasi.table;
-        WasiHttpCtxView { ctx: &mut self.http, table, hooks: Default::default() }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.wasi.table, hooks: Default::default() }
     }
 }
 
@@ -59,7 +57,8 @@ pub struct Template {
 
 impl Template {
     fn store(&self) -> Result<Store<State>> {
-        // The memory limit is the shared budget's, not each instance's.
+        // The memory limit is the shared budget's, not each instance's; an
+        // instance runs on the server's threads, whatever its CPUs.
         let guest = Guest { args: &self.args, env: &self.env, cwd: &self.cwd, memory_limit: None, cpus: 1 };
         let state = State { wasi: component::State::new(&guest)?, http: WasiHttpCtx::new(), memory: Share::new(&self.budget) };
         let mut store = Store::new(self.pre.engine(), state);
