@@ -101,7 +101,10 @@ fn config(kind: Kind) -> Config {
         // request. With guard pages the reset changes page protections,
         // which in a multithreaded process stops every core to flush its
         // TLB, twice per request: explicit bounds checks cost far less
-        // (about 1.5x the requests/s, measured with the JSON API).
+        // (about 1.5x the requests/s, measured with the JSON API). The
+        // price: wasmtime then compiles no Spectre guard into those checks,
+        // so a component's code could speculatively read past its memory,
+        // within its own instance process (its own pod's data).
         config.signals_based_traps(false).memory_guard_size(0);
     }
     config

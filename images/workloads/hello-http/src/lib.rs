@@ -5,7 +5,8 @@
 //! always 1. Some paths test the server instead:
 //!
 //! - `/trap` traps before answering;
-//! - `/spin` computes forever, `/sleep/MS` waits MS milliseconds first;
+//! - `/spin` computes forever, `/sleep/MS` says `sleeping MS ms` on stderr
+//!   and waits MS milliseconds first;
 //! - `/status/CODE` answers with that status;
 //! - `/grow/MIB` takes MIB MiB of memory first;
 //! - `/fetch/PORT/PATH` answers with what `GET http://127.0.0.1:PORT/PATH`
@@ -32,7 +33,11 @@ impl wasip2::exports::http::incoming_handler::Guest for HelloHttp {
             // wasm32's panic is an abort: the instance traps.
             ["trap"] => panic!("asked to trap"),
             ["spin"] => spin(),
-            ["sleep", ms] => wasip2::clocks::monotonic_clock::subscribe_duration(number(ms) * 1_000_000).block(),
+            ["sleep", ms] => {
+                // On stderr, so a test knows the request is in flight.
+                eprintln!("sleeping {ms} ms");
+                wasip2::clocks::monotonic_clock::subscribe_duration(number(ms) * 1_000_000).block()
+            }
             ["status", code] => status = number(code) as u16,
             ["grow", mib] => text += &format!("grew by {} bytes\n", std::hint::black_box(vec![1u8; (number(mib) as usize) << 20]).len()),
             ["fetch", port, ref rest @ ..] => (status, text) = fetch(port, &rest.join("/")),

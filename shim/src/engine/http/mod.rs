@@ -114,9 +114,11 @@ fn pooling_engine(concurrency: u32) -> Result<Engine> {
         .total_tables(concurrency * TABLES_PER_REQUEST)
         .total_memories(concurrency * MEMORIES_PER_REQUEST)
         // A used slot is reset by rewriting its dirty pages (found with
-        // PAGEMAP_SCAN where the kernel has it) rather than by unmapping
-        // them: unmapping in a multithreaded process interrupts every core
-        // to flush its TLB, which cost more than the request itself.
+        // PAGEMAP_SCAN where the kernel has it; wasmtime opens
+        // /proc/self/pagemap here, before pivot_root, and keeps it) rather
+        // than by unmapping them: unmapping in a multithreaded process
+        // interrupts every core to flush its TLB, which cost more than the
+        // request itself.
         .pagemap_scan(Enabled::Auto)
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT);

@@ -11,13 +11,15 @@ use crate::workload::env_value;
 /// Address and port to listen on.
 pub const ADDR_ENV: &str = "WASMLET_HTTP_ADDR";
 pub const DEFAULT_ADDR: &str = "0.0.0.0:8080";
-/// Seconds a request may take, from arrival to the end of its response,
+/// Seconds a request may take, from arrival until its handler returns,
 /// before it is cut with 504 (a decimal number: `0.5`, `30`).
 pub const TIMEOUT_ENV: &str = "WASMLET_HTTP_TIMEOUT";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests handled at once; more wait for a free slot (within their timeout).
 pub const CONCURRENCY_ENV: &str = "WASMLET_HTTP_CONCURRENCY";
 pub const DEFAULT_CONCURRENCY: u32 = 100;
+/// Each request slot reserves address space for its memories (4 GiB each).
+pub const MAX_CONCURRENCY: u32 = 1000;
 /// Threads serving requests; by default one per CPU the pod's cgroup allows.
 pub const WORKERS_ENV: &str = "WASMLET_HTTP_WORKERS";
 /// `off` silences the request log on stdout.
@@ -46,8 +48,8 @@ impl Settings {
         let concurrency = match env_value(env, CONCURRENCY_ENV) {
             None => DEFAULT_CONCURRENCY,
             Some(text) => match text.parse::<u32>() {
-                Ok(n) if (1..=10_000).contains(&n) => n,
-                _ => bail!("{CONCURRENCY_ENV}={text} is not a number of requests from 1 to 10000"),
+                Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => n,
+                _ => bail!("{CONCURRENCY_ENV}={text} is not a number of requests from 1 to {MAX_CONCURRENCY}"),
             },
         };
         let workers = match env_value(env, WORKERS_ENV) {
@@ -95,7 +97,7 @@ mod tests {
             ("WASMLET_HTTP_ADDR=localhost", "WASMLET_HTTP_ADDR=localhost is not an address and port: invalid socket address syntax"),
             ("WASMLET_HTTP_TIMEOUT=0", "WASMLET_HTTP_TIMEOUT=0: not a positive number of seconds"),
             ("WASMLET_HTTP_TIMEOUT=soon", "WASMLET_HTTP_TIMEOUT=soon: not a positive number of seconds"),
-            ("WASMLET_HTTP_CONCURRENCY=0", "WASMLET_HTTP_CONCURRENCY=0 is not a number of requests from 1 to 10000"),
+            ("WASMLET_HTTP_CONCURRENCY=0", "WASMLET_HTTP_CONCURRENCY=0 is not a number of requests from 1 to 1000"),
             ("WASMLET_HTTP_WORKERS=many", "WASMLET_HTTP_WORKERS=many is not a number of threads from 1 to 256"),
         ] {
             assert_eq!(format!("{:#}", settings(&[env]).unwrap_err()), expected);
