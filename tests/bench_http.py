@@ -27,7 +27,7 @@ REPO_ROOT = os.path.dirname(TESTS_DIR)
 TOOLS_DIR = os.path.join(REPO_ROOT, "out", "tools")
 WASMTIME = os.path.join(TOOLS_DIR, "bin", "wasmtime")
 JSON_API_WASM = os.path.join(REPO_ROOT, "images", "workloads", "target", "wasm32-wasip2", "serving", "json_api.wasm")
-MANIFEST = os.path.join(TESTS_DIR, "cri", "manifests", "json-api.yaml")
+MANIFESTS = os.path.join(TESTS_DIR, "cri", "manifests")
 
 SERVERS = ("wasmlet", "wasmtime serve", "native")
 PORT = 8080
@@ -128,11 +128,7 @@ def start_pod(kubelet, native):
     sandbox id and the pid whose network namespace is the pod's."""
     from kubelet import v1
     from pods import Pod
-    pod = Pod.load(MANIFEST)
-    pod.name = "bench-json-api-native" if native else "bench-json-api"
-    if native:
-        pod.spec.pop("runtimeClassName")
-        pod.containers["web"]["image"] = "wasmlet.test/json-api-native:latest"
+    pod = Pod.load(os.path.join(MANIFESTS, "json-api-native.yaml" if native else "json-api.yaml"))
     sandbox_id = kubelet.run_pod_sandbox(pod)
     container_id = kubelet.start_containers(pod, sandbox_id)["web"]
     kubelet.wait_container(container_id, v1.CONTAINER_RUNNING, timeout=60)

@@ -150,19 +150,27 @@ def test_an_outgoing_request_reaches_a_sidecar_on_the_pods_loopback(cri):
     assert cri.ctd.leftovers() == []
 
 
-def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(cri):
+def stop_during_request(cri, sleep_ms, grace_seconds):
+    """Stops the hello-http pod's server while a /sleep/MS request is in its
+    handler; returns the client's (exit code, stdout), how long StopContainer
+    took, and the container's final status."""
     kubelet = cri.kubelet
     pod = Pod.load(MANIFEST)
     with serving(kubelet, pod) as (sandbox_id, container_id):
         get_in_pod(kubelet, sandbox_id, ["/ready"])
-        slow = subprocess.Popen(client_command(kubelet, sandbox_id, ["/sleep/2000"], 8080), stdout=subprocess.PIPE, text=True)
-        wait_stderr(cri, pod, "sleeping 2000 ms")
+        slow = subprocess.Popen(client_command(kubelet, sandbox_id, [f"/sleep/{sleep_ms}"], 8080),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_stderr(cri, pod, f"sleeping {sleep_ms} ms")
         started = time.monotonic()
-        kubelet.stop_container(container_id, grace_seconds=30)
+        kubelet.stop_container(container_id, grace_seconds=grace_seconds)
         stopped_after = time.monotonic() - started
         out, _ = slow.communicate(timeout=30)
-        status = kubelet.container_status(container_id)
-    assert slow.returncode == 0 and json.loads(out)[0][0] == 200, out
+        return (slow.returncode, out), stopped_after, kubelet.container_status(container_id)
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(cri):
+    (code, out), stopped_after, status = stop_during_request(cri, 2000, grace_seconds=30)
+    assert code == 0 and json.loads(out)[0][0] == 200, out
     assert (status.exit_code, status.reason) == (0, "Completed"), status
     # It waited for the request (up to 2 s left), not for the grace period.
     assert 0.5 < stopped_after < 15, stopped_after
@@ -170,19 +178,8 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(cri):
 
 
 def test_sigkill_ends_the_server_at_once(cri):
-    kubelet = cri.kubelet
-    pod = Pod.load(MANIFEST)
-    with serving(kubelet, pod) as (sandbox_id, container_id):
-        get_in_pod(kubelet, sandbox_id, ["/ready"])
-        slow = subprocess.Popen(client_command(kubelet, sandbox_id, ["/sleep/20000"], 8080),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_stderr(cri, pod, "sleeping 20000 ms")
-        started = time.monotonic()
-        kubelet.stop_container(container_id, grace_seconds=0)
-        stopped_after = time.monotonic() - started
-        slow.communicate(timeout=30)
-        status = kubelet.container_status(container_id)
-    assert slow.returncode != 0, "the request in flight was cut"
+    (code, _), stopped_after, status = stop_during_request(cri, 20000, grace_seconds=0)
+    assert code != 0, "the request in flight was cut"
     assert status.exit_code == 137, status
     assert stopped_after < 5, stopped_after
     assert cri.ctd.leftovers() == []
@@ -224,10 +221,7 @@ def test_the_json_api_answers_like_its_native_twin_under_runc(cri):
     requests = [("POST", "/invoice", json.dumps(ORDER)), ("POST", "/invoice", "{}"), "/"]
     with serving(kubelet, Pod.load(os.path.join(MANIFESTS, "json-api.yaml"))) as (sandbox_id, _):
         wasm = get_in_pod(kubelet, sandbox_id, requests)
-    native_pod = Pod.load(os.path.join(MANIFESTS, "json-api.yaml"))
-    native_pod.spec.pop("runtimeClassName")
-    native_pod.containers["web"]["image"] = "wasmlet.test/json-api-native:latest"
-    with serving(kubelet, native_pod) as (sandbox_id, _):
+    with serving(kubelet, Pod.load(os.path.join(MANIFESTS, "json-api-native.yaml"))) as (sandbox_id, _):
         native = get_in_pod(kubelet, sandbox_id, requests)
     invoice = json.loads(wasm[0][1])
     assert wasm[0][0] == 200, wasm

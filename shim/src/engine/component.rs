@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, Result};
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Engine, Store};
+use wasmtime::Store;
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -35,7 +35,8 @@ pub struct Prepared {
     command: Command,
 }
 
-pub fn prepare(engine: &Engine, component: &Component, name: &str, guest: &Guest) -> Result<Prepared> {
+pub fn prepare(component: &Component, name: &str, guest: &Guest) -> Result<Prepared> {
+    let engine = component.engine();
     let mut store = Store::new(engine, State::new(guest)?);
     store.limiter(|s| &mut s.limits);
     without_deadline(&mut store);

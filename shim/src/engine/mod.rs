@@ -22,14 +22,12 @@ pub const TRAP_EXIT_CODE: i32 = 134;
 /// 128 + SIGKILL, as if the kernel's OOM killer had ended it.
 pub const OUT_OF_MEMORY_EXIT_CODE: i32 = 137;
 
-/// What the guest is given: argv, environment, working directory, memory
-/// cap, and the CPUs its cgroup allows (an HTTP server's worker threads).
+/// What the guest is given: argv, environment, working directory, memory cap.
 pub struct Guest<'a> {
     pub args: &'a [String],
     pub env: &'a [String],
     pub cwd: &'a str,
     pub memory_limit: Option<u64>,
-    pub cpus: usize,
 }
 
 /// The store's limits, remembering whether a growth was refused by them.
@@ -156,13 +154,13 @@ fn deserialize<T>(artifact: &Path, name: &str, load: impl FnOnce(&Path) -> wasmt
 /// before the task is reported as created. A module runs `export`; a
 /// component serves `wasi:http/incoming-handler` if it exports it, else
 /// runs `wasi:cli/run`.
-pub fn prepare(engine: &Engine, program: &Program, name: &str, export: &str, guest: &Guest) -> Result<Prepared> {
+pub fn prepare(program: &Program, name: &str, export: &str, guest: &Guest) -> Result<Prepared> {
     match program {
-        Program::Module(module) => Ok(Prepared::Module(module::prepare(engine, module, name, export, guest)?)),
+        Program::Module(module) => Ok(Prepared::Module(module::prepare(module, name, export, guest)?)),
         Program::Component(_) | Program::Handler(_) if export != "_start" => {
             bail!("{name} is a component, which runs wasi:cli/run or serves wasi:http: `#{export}` is for core modules")
         }
-        Program::Component(component) => Ok(Prepared::Component(component::prepare(engine, component, name, guest)?)),
+        Program::Component(component) => Ok(Prepared::Component(component::prepare(component, name, guest)?)),
         Program::Handler(handler) => Ok(Prepared::Http(http::prepare(handler, name, guest)?)),
     }
 }
@@ -271,8 +269,8 @@ mod tests {
     fn run_wat(wat: &str, export: &str, memory_limit: Option<u64>) -> Result<i32> {
         let engine = new_engine(Kind::Module)?;
         let module = Program::Module(Module::new(&engine, wat::parse_str(wat)?)?);
-        let guest = Guest { args: &["m".into()], env: &[], cwd: "/", memory_limit, cpus: 1 };
-        Ok(run(prepare(&engine, &module, "/m.wasm", export, &guest)?).code)
+        let guest = Guest { args: &["m".into()], env: &[], cwd: "/", memory_limit };
+        Ok(run(prepare(&module, "/m.wasm", export, &guest)?).code)
     }
 
     const EXIT_42: &str = r#"(module

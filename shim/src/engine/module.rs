@@ -2,7 +2,7 @@
 
 
 use anyhow::{anyhow, Result};
-use wasmtime::{Engine, Linker, Module, Store, TypedFunc};
+use wasmtime::{Linker, Module, Store, TypedFunc};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
 use super::{memory_cap, wasi_context, without_deadline, Guest, MemoryCap};
@@ -20,7 +20,8 @@ pub struct Prepared {
     entry: TypedFunc<(), ()>,
 }
 
-pub fn prepare(engine: &Engine, module: &Module, name: &str, export: &str, guest: &Guest) -> Result<Prepared> {
+pub fn prepare(module: &Module, name: &str, export: &str, guest: &Guest) -> Result<Prepared> {
+    let engine = module.engine();
     let wasi = wasi_context(guest)?.build_p1();
     let mut store = Store::new(engine, State { wasi, limits: memory_cap(guest) });
     store.limiter(|s| &mut s.limits);

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use oci_spec::runtime::Spec;
 use sha2::{Digest, Sha256};
-use wasmtime::Engine;
 
 use crate::cache::{Cache, Outcome};
 use crate::engine::{self, Guest, Kind, Prepared, Program};
@@ -55,28 +54,25 @@ pub fn main(args: &[String]) -> ! {
     std::process::exit(ended.code);
 }
 
-/// The program from the node cache, and the engine for its kind: a layer
-/// is found by its digest alone, a module in the rootfs by the sha256 of its
-/// bytes. Those are hashed on every start: an image's file attributes
-/// cannot vouch for its content.
-fn load(source: &ModuleSource, name: &str, rootfs: &Path, env: &[String]) -> Result<(Engine, Program, Outcome)> {
+/// The program from the node cache, compiled by the engine for its kind:
+/// a layer is found by its digest alone, a module in the rootfs by the
+/// sha256 of its bytes. Those are hashed on every start: an image's file
+/// attributes cannot vouch for its content.
+fn load(source: &ModuleSource, name: &str, rootfs: &Path, env: &[String]) -> Result<(Program, Outcome)> {
     let cache = Cache::from_env()?;
-    let (engine, (program, outcome)) = match source {
+    match source {
         ModuleSource::Rootfs(path) => {
             let wasm = workload::read_module(rootfs, path).with_context(|| format!("read {name}"))?;
             let key = hex::encode(Sha256::digest(&wasm));
             let engine = engine::new_engine(Kind::of(&wasm))?;
-            let loaded = engine::load(&engine, &cache, &key, || Ok(wasm), name, env)?;
-            (engine, loaded)
+            engine::load(&engine, &cache, &key, || Ok(wasm), name, env)
         }
         ModuleSource::Layer { sha256, file, .. } => {
             let engine = engine::new_engine(Kind::of(&preamble(file)?))?;
             let read = || std::fs::read(file).with_context(|| format!("read {}", file.display()));
-            let loaded = engine::load(&engine, &cache, sha256, read, name, env)?;
-            (engine, loaded)
+            engine::load(&engine, &cache, sha256, read, name, env)
         }
-    };
-    Ok((engine, program, outcome))
+    }
 }
 
 /// The first bytes of a wasm file, enough to tell its kind.
@@ -114,12 +110,10 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
     let rootfs = rootfs::path_of(&spec, bundle);
     let name = source.name();
     let env = process.env().as_deref().unwrap_or_default();
-    let (engine, program, outcome) = load(&source, &name, &rootfs, env)?;
+    let (program, outcome) = load(&source, &name, &rootfs, env)?;
     let _ = writeln!(status, "log compiled code for {name}: cache {outcome:?}");
 
     privileges::ensure_single_thread()?;
-    // Read while the host's /proc is still there: the cgroup's CPU quota.
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     isolation::enter_rootfs(&spec, &rootfs)?;
     let mut argv = process.args().clone().unwrap_or_default();
     if let Some(first) = argv.first_mut() {
@@ -133,9 +127,8 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
             let used = cgroup_path.as_deref().and_then(cgroup::memory_usage).unwrap_or(0);
             cgroup::guest_memory_cap(limit, used)
         }),
-        cpus,
     };
-    let prepared = engine::prepare(&engine, &program, &name, export, &guest)?;
+    let prepared = engine::prepare(&program, &name, export, &guest)?;
     privileges::drop_all(process.user())?;
     Ok((prepared, termination::path_of(&spec)))
 }

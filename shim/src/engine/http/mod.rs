@@ -55,6 +55,7 @@ pub fn exports_handler(engine: &Engine, component: &Component) -> bool {
 pub struct Handler {
     component: Component,
     settings: Settings,
+    workers: usize,
 }
 
 impl Handler {
@@ -68,7 +69,10 @@ impl Handler {
         let component = unsafe { Component::deserialize_file(&engine, artifact) }
             .map_err(anyhow::Error::from)
             .with_context(|| format!("load compiled {name} from {}", artifact.display()))?;
-        Ok(Handler { component, settings })
+        // Read while the host's /proc is still there: the cgroup's CPU quota.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = settings.workers.unwrap_or(cpus);
+        Ok(Handler { component, settings, workers })
     }
 }
 
@@ -83,7 +87,6 @@ pub struct Prepared {
 /// fail the container's creation.
 pub fn prepare(handler: &Handler, name: &str, guest: &Guest) -> Result<Prepared> {
     let settings = handler.settings.clone();
-    let workers = settings.workers.unwrap_or(guest.cpus.max(1));
     let mut linker: Linker<request::State> = Linker::new(handler.component.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
@@ -101,7 +104,7 @@ pub fn prepare(handler: &Handler, name: &str, guest: &Guest) -> Result<Prepared>
         budget: Budget::new(guest.memory_limit),
         settings,
     };
-    Ok(Prepared { template, listener, workers })
+    Ok(Prepared { template, listener, workers: handler.workers })
 }
 
 /// The engine of the shim (same compiled code) with pooled instances: a

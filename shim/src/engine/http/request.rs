@@ -57,9 +57,8 @@ pub struct Template {
 
 impl Template {
     fn store(&self) -> Result<Store<State>> {
-        // The memory limit is the shared budget's, not each instance's; an
-        // instance runs on the server's threads, whatever its CPUs.
-        let guest = Guest { args: &self.args, env: &self.env, cwd: &self.cwd, memory_limit: None, cpus: 1 };
+        // The memory limit is the shared budget's, not each instance's.
+        let guest = Guest { args: &self.args, env: &self.env, cwd: &self.cwd, memory_limit: None };
         let state = State { wasi: component::State::new(&guest)?, http: WasiHttpCtx::new(), memory: Share::new(&self.budget) };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.memory);

@@ -22,6 +22,7 @@ pub const DEFAULT_CONCURRENCY: u32 = 100;
 pub const MAX_CONCURRENCY: u32 = 1000;
 /// Threads serving requests; by default one per CPU the pod's cgroup allows.
 pub const WORKERS_ENV: &str = "WASMLET_HTTP_WORKERS";
+pub const MAX_WORKERS: u32 = 256;
 /// `off` silences the request log on stdout.
 pub const LOG_ENV: &str = "WASMLET_HTTP_LOG";
 
@@ -45,22 +46,19 @@ impl Settings {
             None => DEFAULT_TIMEOUT,
             Some(text) => parse_seconds(text).with_context(|| format!("{TIMEOUT_ENV}={text}"))?,
         };
-        let concurrency = match env_value(env, CONCURRENCY_ENV) {
-            None => DEFAULT_CONCURRENCY,
-            Some(text) => match text.parse::<u32>() {
-                Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => n,
-                _ => bail!("{CONCURRENCY_ENV}={text} is not a number of requests from 1 to {MAX_CONCURRENCY}"),
-            },
-        };
-        let workers = match env_value(env, WORKERS_ENV) {
-            None => None,
-            Some(text) => match text.parse::<usize>() {
-                Ok(n) if (1..=256).contains(&n) => Some(n),
-                _ => bail!("{WORKERS_ENV}={text} is not a number of threads from 1 to 256"),
-            },
-        };
+        let concurrency = count(env, CONCURRENCY_ENV, MAX_CONCURRENCY, "requests")?.unwrap_or(DEFAULT_CONCURRENCY);
+        let workers = count(env, WORKERS_ENV, MAX_WORKERS, "threads")?.map(|n| n as usize);
         let log_requests = env_value(env, LOG_ENV) != Some("off");
         Ok(Settings { addr, timeout, concurrency, workers, log_requests })
+    }
+}
+
+/// The variable `name` as a number from 1 to `max` of `what`, if it is set.
+fn count(env: &[String], name: &str, max: u32, what: &str) -> Result<Option<u32>> {
+    let Some(text) = env_value(env, name) else { return Ok(None) };
+    match text.parse::<u32>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+        _ => bail!("{name}={text} is not a number of {what} from 1 to {max}"),
     }
 }
 
