@@ -29,7 +29,7 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("instance") => instance::main(&args[2..]),
         Some("--version") | Some("-v") => {
-            println!("containerd-shim-wasmlet-v1 {}", env!("CARGO_PKG_VERSION"));
+            println!("containerd-shim-wasmlet-v1 {} (commit {})", env!("CARGO_PKG_VERSION"), env!("WASMLET_COMMIT"));
             println!("runtime {RUNTIME_ID}");
             println!("wasmtime {}", env!("WASMTIME_VERSION"));
         }
@@ -48,9 +48,14 @@ fn config_for(args: &[String]) -> containerd_shim::Config {
 
 /// glibc gives each thread that allocates an arena of its own; for a shim
 /// and an instance, which allocate little, one arena saves memory per task.
+#[cfg(target_env = "gnu")]
 fn limit_malloc_arenas() {
     // Safety: mallopt only sets an allocator tunable, before any thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
+
+/// musl's allocator has no per-thread arenas.
+#[cfg(not(target_env = "gnu"))]
+fn limit_malloc_arenas() {}

@@ -32,12 +32,7 @@ pub fn main(args: &[String]) -> ! {
             std::process::exit(1);
         }
     };
-    // Setup's temporary buffers (module bytes, cache checks) go back to the
-    // kernel: an idle instance keeps only what the guest needs.
-    // Safety: malloc_trim only releases free heap memory.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    release_free_heap();
     // The status pipe stays open until exit, for a late `oom`.
     let _ = writeln!(status, "ok");
     if !start_requested() {
@@ -132,3 +127,17 @@ fn setup(args: &[String], status: &mut File) -> Result<(Prepared, Option<PathBuf
     privileges::drop_all(process.user())?;
     Ok((prepared, termination::path_of(&spec)))
 }
+
+/// Setup's temporary buffers (module bytes, cache checks) go back to the
+/// kernel: an idle instance keeps only what the guest needs.
+#[cfg(target_env = "gnu")]
+fn release_free_heap() {
+    // Safety: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// musl's allocator returns freed memory to the kernel by itself.
+#[cfg(not(target_env = "gnu"))]
+fn release_free_heap() {}
