@@ -1,0 +1,253 @@
+//! containerd's configuration: where the CRI runtime handlers live in each
+//! config version, and the `wasmlet` handler added to or removed from a
+//! config in place (toml_edit keeps every comment and setting around it).
+
+use anyhow::{bail, Context, Result};
+use toml_edit::{value, DocumentMut, Item, Table};
+
+/// The handler name a RuntimeClass names.
+pub const HANDLER: &str = "wasmlet";
+/// The runtime type containerd knows the shim by.
+pub const RUNTIME_TYPE: &str = "io.containerd.wasmlet.v1";
+
+/// Where CRI runtime handlers live, by config `version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// version 1 (or none): plugins named by short id.
+    V1,
+    /// version 2: containerd 1.x.
+    V2,
+    /// version 3: containerd 2.x, where CRI's runtime part is a plugin of its own.
+    V3,
+}
+
+impl Layout {
+    /// The layout a config's `version` key selects; absent means 1.
+    pub fn of(doc: &DocumentMut) -> Result<Self> {
+        match doc.get("version") {
+            None => Ok(Layout::V1),
+            Some(item) => match item.as_integer() {
+                Some(1) => Ok(Layout::V1),
+                Some(2) => Ok(Layout::V2),
+                Some(3) => Ok(Layout::V3),
+                _ => bail!("config version {} is not one wasmlet knows (1, 2 or 3)", item.to_string().trim()),
+            },
+        }
+    }
+
+    /// The newest layout a containerd of this major version reads.
+    pub fn for_containerd_major(major: u64) -> Self {
+        if major >= 2 { Layout::V3 } else { Layout::V2 }
+    }
+
+    pub fn version(self) -> i64 {
+        match self {
+            Layout::V1 => 1,
+            Layout::V2 => 2,
+            Layout::V3 => 3,
+        }
+    }
+
+    /// The keys of the table that holds the runtime handlers.
+    fn runtimes(self) -> [&'static str; 4] {
+        let plugin = match self {
+            Layout::V1 => "cri",
+            Layout::V2 => "io.containerd.grpc.v1.cri",
+            Layout::V3 => "io.containerd.cri.v1.runtime",
+        };
+        ["plugins", plugin, "containerd", "runtimes"]
+    }
+}
+
+/// What the `wasmlet` handler says: its runtime type and, when the install
+/// has runtime options, the file that holds them (containerd 1.6 passes a
+/// shim only a file name, so a file works on every version).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub options_file: Option<String>,
+}
+
+impl Entry {
+    fn table(&self) -> Table {
+        let mut table = Table::new();
+        table.insert("runtime_type", value(RUNTIME_TYPE));
+        if let Some(path) = &self.options_file {
+            let mut options = Table::new();
+            options.insert("ConfigPath", value(path.as_str()));
+            table.insert("options", Item::Table(options));
+        }
+        table
+    }
+
+    /// The entry alone, as TOML text: for appending to a template or for a
+    /// drop-in file (`with_version`).
+    pub fn text(&self, layout: Layout, with_version: bool) -> String {
+        let mut doc = DocumentMut::new();
+        if with_version {
+            doc.insert("version", value(layout.version()));
+        }
+        self.insert_into(&mut doc, layout);
+        doc.to_string()
+    }
+
+    /// `text` with the entry in place of any `wasmlet` handler it had.
+    /// Returns the text unchanged when it already says what the entry says,
+    /// so a second install writes nothing.
+    pub fn add_to(&self, text: &str, source: &str) -> Result<String> {
+        let mut doc = parse(text, source)?;
+        let layout = Layout::of(&doc).with_context(|| format!("{source}: unknown layout"))?;
+        self.insert_into(&mut doc, layout);
+        let edited = doc.to_string();
+        Ok(if same_settings(text, &edited)? { text.to_string() } else { edited })
+    }
+
+    fn insert_into(&self, doc: &mut DocumentMut, layout: Layout) {
+        let mut table = doc.as_table_mut();
+        for key in layout.runtimes() {
+            let item = table.entry(key).or_insert_with(|| {
+                let mut parent = Table::new();
+                // No header of its own: `[a.b.c.wasmlet]` is enough.
+                parent.set_implicit(true);
+                Item::Table(parent)
+            });
+            table = item.as_table_mut().expect("checked by parse: runtimes path is tables");
+        }
+        table.insert(HANDLER, Item::Table(self.table()));
+    }
+}
+
+/// `text` without a `wasmlet` handler; None if it had none.
+pub fn remove_from(text: &str, source: &str) -> Result<Option<String>> {
+    let mut doc = parse(text, source)?;
+    let layout = Layout::of(&doc)?;
+    let mut table = doc.as_table_mut();
+    for key in layout.runtimes() {
+        match table.get_mut(key).and_then(Item::as_table_mut) {
+            Some(next) => table = next,
+            None => return Ok(None),
+        }
+    }
+    Ok(table.remove(HANDLER).map(|_| doc.to_string()))
+}
+
+/// Whether the text holds no settings at all (missing, empty, comments).
+pub fn is_blank(text: &str, source: &str) -> Result<bool> {
+    Ok(parse(text, source)?.as_table().is_empty())
+}
+
+/// Whether the text has a runc handler using the systemd cgroup driver,
+/// which wasm containers do not support yet.
+pub fn uses_systemd_cgroup(text: &str) -> bool {
+    let Ok(doc) = text.parse::<DocumentMut>() else { return false };
+    let Ok(layout) = Layout::of(&doc) else { return false };
+    let mut item = doc.as_item();
+    for key in layout.runtimes().into_iter().chain(["runc", "options", "SystemdCgroup"]) {
+        match item.get(key) {
+            Some(next) => item = next,
+            None => return false,
+        }
+    }
+    item.as_bool() == Some(true)
+}
+
+fn parse(text: &str, source: &str) -> Result<DocumentMut> {
+    let doc: DocumentMut = text.parse().with_context(|| format!("{source} is not valid TOML"))?;
+    // The handler table must be reachable through tables, not values.
+    let layout = Layout::of(&doc).with_context(|| format!("{source}: unknown layout"))?;
+    let mut item = doc.as_item();
+    for key in layout.runtimes() {
+        match item.get(key) {
+            Some(next) if next.is_table_like() => item = next,
+            Some(_) => bail!("{source}: `{key}` on the way to the runtime handlers is not a table"),
+            None => break,
+        }
+    }
+    Ok(doc)
+}
+
+/// Whether two configs say the same, whatever their formatting.
+fn same_settings(a: &str, b: &str) -> Result<bool> {
+    let a: toml::Table = toml::from_str(a).context("re-read the config")?;
+    let b: toml::Table = toml::from_str(b).context("re-read the edited config")?;
+    Ok(a == b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V2_WITH_COMMENTS: &str = r#"# Managed by hand: keep these comments.
+version = 2
+root = "/var/lib/containerd"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  # the pause image
+  sandbox_image = "registry.k8s.io/pause:3.9"
+
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      SystemdCgroup = true   # kubelet uses systemd
+"#;
+
+    fn plain() -> Entry {
+        Entry { options_file: None }
+    }
+
+    #[test]
+    fn adds_the_handler_where_each_version_has_it() {
+        let v3 = plain().add_to("version = 3\n", "c").unwrap();
+        assert!(v3.contains(r#"[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wasmlet]"#), "{v3}");
+        let v1 = plain().add_to("oom_score = 0\n", "c").unwrap();
+        assert!(v1.contains("[plugins.cri.containerd.runtimes.wasmlet]"), "{v1}");
+        let v2 = plain().add_to(V2_WITH_COMMENTS, "c").unwrap();
+        assert!(v2.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmlet]\nruntime_type = \"io.containerd.wasmlet.v1\"\n"), "{v2}");
+    }
+
+    #[test]
+    fn keeps_the_users_text_and_removal_gives_it_back() {
+        let added = plain().add_to(V2_WITH_COMMENTS, "c").unwrap();
+        assert!(added.starts_with(V2_WITH_COMMENTS.trim_end()), "{added}");
+        assert_eq!(remove_from(&added, "c").unwrap().as_deref(), Some(V2_WITH_COMMENTS));
+        assert_eq!(remove_from(V2_WITH_COMMENTS, "c").unwrap(), None);
+    }
+
+    #[test]
+    fn a_second_add_changes_nothing_and_new_options_replace_old_ones() {
+        let once = plain().add_to(V2_WITH_COMMENTS, "c").unwrap();
+        assert_eq!(plain().add_to(&once, "c").unwrap(), once);
+        let with_options = Entry { options_file: Some("/opt/wasmlet/options.toml".into()) };
+        let twice = with_options.add_to(&once, "c").unwrap();
+        assert!(twice.contains("ConfigPath = \"/opt/wasmlet/options.toml\""), "{twice}");
+        assert_eq!(twice.matches("runtimes.wasmlet]").count(), 1, "{twice}");
+    }
+
+    #[test]
+    fn unknown_layouts_and_broken_files_are_named() {
+        let err = format!("{:#}", plain().add_to("version = 4\n", "/etc/containerd/config.toml").unwrap_err());
+        assert!(err.contains("/etc/containerd/config.toml: unknown layout: config version 4"), "{err}");
+        let err = format!("{:#}", plain().add_to("version = [", "/etc/c.toml").unwrap_err());
+        assert!(err.contains("/etc/c.toml is not valid TOML"), "{err}");
+        let err = format!("{:#}", plain().add_to("version = 2\nplugins = 1\n", "/etc/c.toml").unwrap_err());
+        assert!(err.contains("`plugins` on the way to the runtime handlers is not a table"), "{err}");
+    }
+
+    #[test]
+    fn entry_text_for_drop_ins_and_templates() {
+        assert_eq!(
+            plain().text(Layout::V2, true),
+            "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmlet]\nruntime_type = \"io.containerd.wasmlet.v1\"\n"
+        );
+        let with_options = Entry { options_file: Some("/o.toml".into()) }.text(Layout::V3, false);
+        assert!(with_options.ends_with(".wasmlet.options]\nConfigPath = \"/o.toml\"\n"), "{with_options}");
+    }
+
+    #[test]
+    fn sees_the_systemd_cgroup_driver() {
+        assert!(uses_systemd_cgroup(V2_WITH_COMMENTS));
+        assert!(!uses_systemd_cgroup("version = 2\n"));
+        assert!(is_blank("# only a comment\n", "c").unwrap());
+        assert!(!is_blank("version = 2\n", "c").unwrap());
+    }
+}

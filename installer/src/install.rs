@@ -1,0 +1,217 @@
+//! Installing wasmlet on one node and removing it again: the shim under
+//! /opt/wasmlet, its link on containerd's PATH, the `wasmlet` runtime in
+//! containerd's config, and a restart of containerd only when one of them
+//! changed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tracing::{error, info, warn};
+
+use crate::config::{self, Entry, Layout};
+use crate::containerd;
+use crate::distro::{ConfigKind, Distribution, Node};
+use crate::host::{digest, Host};
+use crate::state::{State, INSTALL_DIR};
+use crate::template;
+
+pub const SHIM_NAME: &str = "containerd-shim-wasmlet-v1";
+const SHIM_PATH: &str = "/opt/wasmlet/bin/containerd-shim-wasmlet-v1";
+const OPTIONS_PATH: &str = "/opt/wasmlet/options.toml";
+
+pub struct Settings {
+    /// None: find out which distribution the node runs.
+    pub distribution: Option<Distribution>,
+    /// The handler's runtime options (runc's keys and wasmlet's own).
+    pub options: toml::Table,
+    /// The shim binary to install.
+    pub shim: PathBuf,
+    /// How long containerd may take to serve again after a restart.
+    pub restart_timeout: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything was already as asked: nothing written, nothing restarted.
+    Unchanged,
+    /// Files changed and containerd was restarted (once).
+    Restarted,
+}
+
+/// Installs wasmlet, or brings an install up to date. On failure, whatever
+/// was installed is removed again and containerd runs with its config as
+/// it was before wasmlet, so the node keeps working.
+pub fn install(host: &Host, settings: &Settings) -> Result<Outcome> {
+    let previous = State::load(host)?;
+    let distribution = match (settings.distribution, &previous) {
+        (Some(distribution), _) => distribution,
+        (None, Some(state)) => state.distribution,
+        (None, None) => Distribution::detect(host)?,
+    };
+    if let Some(state) = previous.as_ref().filter(|state| state.distribution != distribution) {
+        bail!("wasmlet is installed here for {}; uninstall it before installing for {distribution}", state.distribution);
+    }
+    let node = distribution.node(host)?;
+    let result = apply(host, settings, &node, previous.as_ref());
+    if let Err(err) = &result {
+        error!("install failed, removing wasmlet from this node again: {err:#}");
+        if let Err(undo) = uninstall(host, settings) {
+            bail!("{err:#}; removing wasmlet again failed too: {undo:#}");
+        }
+    }
+    result
+}
+
+fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>) -> Result<Outcome> {
+    let distribution = node.distribution;
+    info!(%distribution, config = node.config, "installing wasmlet");
+    if node.uses_systemd_cgroup(host) {
+        warn!("containerd's runc handler uses the systemd cgroup driver; wasm containers support cgroupfs only for now, so wasm pods on this node will fail when created");
+    }
+
+    // A config the last install wrote elsewhere (the distribution moved to
+    // another template) is put back first.
+    let mut config_changed = match previous.filter(|state| state.config != node.config) {
+        Some(state) => restore_config(host, state)?,
+        None => false,
+    };
+    let previous = previous.filter(|state| state.config == node.config);
+    let entry = Entry { options_file: (!settings.options.is_empty()).then(|| OPTIONS_PATH.to_string()) };
+    let current = host.read(&node.config)?;
+    let desired = desired_config(host, node, current.as_deref(), &entry, previous.is_some())?;
+    let state = State {
+        distribution,
+        config: node.config.clone(),
+        original: previous.map_or_else(|| current.clone(), |state| state.original.clone()),
+        written: digest(desired.as_bytes()),
+        link: Some(format!("{}/{SHIM_NAME}", node.link_dir)),
+    };
+    // Recorded before anything is written, so a failure halfway is undone.
+    state.save(host)?;
+
+    let shim_changed = install_shim(host, settings)?;
+    install_options(host, &settings.options)?;
+    install_link(host, state.link.as_deref().expect("set above"))?;
+    if current.as_deref() != Some(desired.as_str()) {
+        host.write(&node.config, desired.as_bytes(), 0o644)?;
+        config_changed = true;
+    }
+    if !shim_changed && !config_changed {
+        info!("wasmlet is installed and up to date: nothing changed");
+        return Ok(Outcome::Unchanged);
+    }
+    containerd::restart(host, node, settings.restart_timeout)?;
+    info!("wasmlet installed; containerd serves with the wasmlet runtime");
+    Ok(Outcome::Restarted)
+}
+
+/// The config's text with the wasmlet runtime in it.
+fn desired_config(host: &Host, node: &Node, current: Option<&str>, entry: &Entry, ours: bool) -> Result<String> {
+    match node.kind {
+        ConfigKind::Toml => {
+            let text = current.unwrap_or_default();
+            if !config::is_blank(text, &node.config)? {
+                return entry.add_to(text, &node.config);
+            }
+            // Nothing in it says which config version this containerd reads.
+            let layout = Layout::for_containerd_major(containerd::major_version(host)?);
+            let separator = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
+            Ok(format!("{text}{separator}{}", entry.text(layout, true)))
+        }
+        ConfigKind::Template { layout, preamble } => Ok(template::add_block(current, preamble, &entry.text(layout, false))),
+        ConfigKind::DropIn { layout } => {
+            if current.is_some() && !ours {
+                bail!("{} exists and was not written by wasmlet: remove it or pick another distribution", node.config);
+            }
+            Ok(entry.text(layout, true))
+        }
+    }
+}
+
+/// Copies the shim to /opt/wasmlet/bin unless the same one is there.
+fn install_shim(host: &Host, settings: &Settings) -> Result<bool> {
+    let bytes = std::fs::read(&settings.shim).with_context(|| format!("read the shim to install, {}", settings.shim.display()))?;
+    if host.file_digest(SHIM_PATH)?.as_deref() == Some(digest(&bytes).as_str()) {
+        return Ok(false);
+    }
+    info!(path = SHIM_PATH, "installing the shim");
+    host.write(SHIM_PATH, &bytes, 0o755)?;
+    Ok(true)
+}
+
+/// Writes the runtime options file the config points the shim to.
+fn install_options(host: &Host, options: &toml::Table) -> Result<()> {
+    if options.is_empty() {
+        return host.remove_file(OPTIONS_PATH);
+    }
+    let text = toml::to_string(options).context("write the runtime options as TOML")?;
+    if host.read(OPTIONS_PATH)?.as_deref() != Some(text.as_str()) {
+        host.write(OPTIONS_PATH, text.as_bytes(), 0o644)?;
+    }
+    Ok(())
+}
+
+fn install_link(host: &Host, link: &str) -> Result<()> {
+    if host.links_to(link, SHIM_PATH) {
+        return Ok(());
+    }
+    if host.path(link).symlink_metadata().is_ok() {
+        bail!("{link} exists and is not wasmlet's link to {SHIM_PATH}: remove it, or uninstall the other {SHIM_NAME}");
+    }
+    host.symlink(SHIM_PATH, link)
+}
+
+/// Removes what the install added: the config returns to its text from
+/// before the install, the link and /opt/wasmlet go, and containerd is
+/// restarted if its config changed.
+pub fn uninstall(host: &Host, settings: &Settings) -> Result<Outcome> {
+    let Some(state) = State::load(host)? else {
+        info!("wasmlet is not installed on this node: nothing to remove");
+        return Ok(Outcome::Unchanged);
+    };
+    info!(distribution = %state.distribution, config = state.config, "removing wasmlet");
+    let config_changed = restore_config(host, &state)?;
+    if let Some(link) = state.link.as_deref().filter(|link| host.links_to(link, SHIM_PATH)) {
+        host.remove_file(link)?;
+    }
+    if config_changed {
+        let node = state.distribution.node(host).context("find how to restart containerd")?;
+        containerd::restart(host, &node, settings.restart_timeout)?;
+    }
+    host.remove_dir_all(INSTALL_DIR)?;
+    info!("wasmlet removed");
+    Ok(if config_changed { Outcome::Restarted } else { Outcome::Unchanged })
+}
+
+/// Puts the config back as it was before the install: byte for byte if
+/// it is still what the install wrote, else (someone edited it since) by
+/// taking out only wasmlet's runtime. Returns whether the file changed.
+fn restore_config(host: &Host, state: &State) -> Result<bool> {
+    let current = host.read(&state.config)?;
+    let restored = match current.as_deref() {
+        Some(text) if digest(text.as_bytes()) == state.written => state.original.clone(),
+        None => return Ok(false),
+        Some(text) => {
+            warn!("{} changed since wasmlet wrote it: taking out only wasmlet's runtime", state.config);
+            match template::remove_block(text) {
+                Some(rest) => Some(rest),
+                None => match config::remove_from(text, &state.config) {
+                    Ok(rest) => Some(rest.unwrap_or_else(|| text.to_string())),
+                    Err(err) => {
+                        warn!("{err:#}: left as it is");
+                        Some(text.to_string())
+                    }
+                },
+            }
+        }
+    };
+    if restored == current {
+        return Ok(false);
+    }
+    match &restored {
+        Some(text) => host.write(&state.config, text.as_bytes(), 0o644)?,
+        None => host.remove_file(&state.config)?,
+    }
+    Ok(true)
+}
