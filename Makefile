@@ -5,7 +5,7 @@ SHELL := bash
 # Steps depend on each other's side effects (deps before build...): keep order.
 .NOTPARALLEL:
 
-.PHONY: help deps build images unit e2e test demo bench clean wasm-image push
+.PHONY: help deps build release images unit chart e2e test demo bench clean wasm-image push
 
 # containerd versions `make e2e` runs the suite against, one whole run each
 # (tests/containerd.sh fetches the newer ones). The demo and bench use 1.6.20.
@@ -15,11 +15,14 @@ help:
 	@echo "Targets:"
 	@echo "  deps    install system packages, wasm targets and pytest (tests/deps.sh)"
 	@echo "  build   build the shim: target/release/containerd-shim-wasmlet-v1"
+	@echo "  release static, stripped shim and node installer, their image and"
+	@echo "          SHA256SUMS in out/release (images/release.sh)"
 	@echo "  images  build test images into out/images/*.tar (images/build.sh)"
 	@echo "  unit    run the Rust unit tests"
+	@echo "  chart   render, lint and validate charts/wasmlet (tests/chart)"
 	@echo "  e2e     run the end-to-end tests against a private containerd, once per"
 	@echo "          version in CONTAINERD_VERSIONS (default: $(CONTAINERD_VERSIONS))"
-	@echo "  test    deps + build + images + unit + e2e (what CI runs)"
+	@echo "  test    deps + build + release + images + unit + chart + e2e (what CI runs)"
 	@echo "  demo    run wasm and runc tasks side by side and print a table"
 	@echo "  bench   run the benchmarks (tests/bench.py)"
 	@echo "  wasm-image KIND=plain|artifact WASM=FILE NAME=REF OUT=TAR"
@@ -34,11 +37,17 @@ deps:
 build:
 	cargo build --release
 
+release: deps
+	bash images/release.sh
+
 images:
 	bash images/build.sh
 
 unit:
 	cargo test --release --workspace
+
+chart: deps
+	python3 -m pytest -v tests/chart
 
 # Every version runs even after one fails, so one run shows them all.
 e2e:
@@ -52,7 +61,7 @@ e2e:
 		exit 1; \
 	fi
 
-test: deps build images unit e2e
+test: deps build release images unit chart e2e
 
 demo: deps build images
 	python3 tests/demo.py

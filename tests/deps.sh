@@ -17,10 +17,16 @@ GRPC_TOOLS=(grpcio-tools==1.49.1 "setuptools<81")
 PYYAML=PyYAML==6.0.3
 # CRI streaming exec speaks WebSocket (channel.k8s.io).
 WEBSOCKET_CLIENT=websocket-client==1.9.2
+# The chart tests: Helm 4's Go SDK, to render and lint charts/wasmlet with
+# no helm binary, and the Kubernetes 1.25-1.37 schemas to validate it.
+CHART_TOOLS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0)
 # jq and iproute2 for the test CNI plugin (tests/cri/cni/wasmlet-loopback);
-# wrk loads the HTTP servers in `make bench`.
-APT_PACKAGES=(containerd runc protobuf-compiler busybox-static jq iproute2 wrk)
-WASM_TARGETS=(wasm32-wasip1 wasm32-wasip2)
+# wrk loads the HTTP servers in `make bench`; musl-tools (musl-gcc) and
+# binutils (strip, readelf) build and check the static release; openssl
+# makes the certificates of the installer tests' stand-in API server.
+APT_PACKAGES=(containerd runc protobuf-compiler busybox-static jq iproute2 wrk musl-tools binutils openssl)
+# The workloads, and the static release (`make release`).
+RUST_TARGETS=(wasm32-wasip1 wasm32-wasip2 x86_64-unknown-linux-musl)
 
 # cargo/rustup usually live in ~/.cargo/bin, which a non-login shell may lack.
 if ! command -v rustup >/dev/null 2>&1 && [[ -f "$HOME/.cargo/env" ]]; then
@@ -46,14 +52,14 @@ fi
 
 if command -v rustup >/dev/null 2>&1; then
     installed=$(rustup target list --installed)
-    for target in "${WASM_TARGETS[@]}"; do
+    for target in "${RUST_TARGETS[@]}"; do
         if ! grep -qx "$target" <<<"$installed"; then
             echo "deps: adding rust target $target"
             quiet rustup target add "$target"
         fi
     done
 else
-    echo "deps: rustup not found; cannot add ${WASM_TARGETS[*]}" >&2
+    echo "deps: rustup not found; cannot add ${RUST_TARGETS[*]}" >&2
     exit 1
 fi
 
@@ -74,3 +80,4 @@ pip_install_unless "grpc, containerd.services.tasks.v1.tasks_pb2" "${GRPC_PACKAG
 pip_install_unless grpc_tools.protoc --no-deps "${GRPC_TOOLS[@]}"
 pip_install_unless yaml "$PYYAML"
 pip_install_unless websocket "$WEBSOCKET_CLIENT"
+pip_install_unless "helm_python, kubernetes_validate" "${CHART_TOOLS[@]}"
