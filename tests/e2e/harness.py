@@ -305,7 +305,7 @@ disabled_plugins = [{disabled_list}]
         env.pop("CONTAINERD_SNAPSHOTTER", None)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [os.path.join(self.bin_dir, "containerd"), "--config", self.config],
+                self._command(),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                 start_new_session=True)  # a Ctrl-C of the tests should not hit it first
         deadline = time.monotonic() + timeout
@@ -319,6 +319,10 @@ disabled_plugins = [{disabled_list}]
                 raise RuntimeError(f"containerd did not answer within {timeout}s:\n"
                                    f"{res.stderr}\n{self.log_tail()}")
             time.sleep(0.2)
+
+    def _command(self):
+        """containerd's argv."""
+        return [os.path.join(self.bin_dir, "containerd"), "--config", self.config]
 
     def log_tail(self, lines=40):
         """The last lines of containerd's log, for error messages."""

@@ -1,0 +1,371 @@
+"""The node installer (out/release/wasmlet-node-installer, `make release`)
+on throwaway nodes (tests/e2e/node.py) whose containerd is the suite's
+version: install, run a wasm pod through CRI, install again (no change),
+upgrade the shim (one restart), uninstall (the config byte for byte as it
+was); and its failures, which leave the node as it was."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import tomllib
+
+import pytest
+
+from harness import CONTAINERD_VERSION, Containerd, containerd_bin_dir
+from kube_api import KubeApi
+from node import INSTALLER, RELEASE_DIR, SHIM, Node, patch_for_this_machine
+
+import pods
+from kubelet import Kubelet, read_cri_log
+
+NODE = "node-1"
+LABEL = "wasmlet.dev/installed"
+MAJOR = int(CONTAINERD_VERSION.split(".")[0])
+HERE = os.path.dirname(os.path.abspath(__file__))
+IMAGES_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "out", "images")
+HELLO_MANIFEST = os.path.join(os.path.dirname(HERE), "cri", "manifests", "hello-wasm.yaml")
+# containerd's default sandbox image, by version (the test pause image is tagged so).
+SANDBOX_IMAGES = ["registry.k8s.io/pause:3.6", "registry.k8s.io/pause:3.8", "registry.k8s.io/pause:3.10"]
+SHIM_HOST_PATH = "/opt/wasmlet/bin/containerd-shim-wasmlet-v1"
+LINK = "/usr/local/bin/containerd-shim-wasmlet-v1"
+
+RUNTIMES = ("plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes" if MAJOR >= 2
+            else 'plugins."io.containerd.grpc.v1.cri".containerd.runtimes')
+
+# A config kept by hand, with comments the installer must keep.
+COMMENTED = {
+    1: """# containerd config for this node, kept by hand.
+# Keep these comments: the installer must not touch them.
+version = 2
+
+[plugins]
+  # CRI: runc through its v2 shim is the default runtime
+  [plugins."io.containerd.grpc.v1.cri"]
+    restrict_oom_score_adj = true   # this machine may not lower OOM scores
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      default_runtime_name = "runc"   # containers default to runc
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/opt/containerd"   # the test gives each node its own
+""",
+    2: """# containerd 2 config for this node, kept by hand.
+# Keep these comments: the installer must not touch them.
+version = 3
+
+[plugins]
+  # the runtime half of CRI
+  [plugins.'io.containerd.cri.v1.runtime']
+    restrict_oom_score_adj = true   # this machine may not lower OOM scores
+    [plugins.'io.containerd.cri.v1.runtime'.containerd]
+      default_runtime_name = 'runc'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+        runtime_type = 'io.containerd.runc.v2'
+
+  [plugins.'io.containerd.internal.v1.opt']
+    path = '/opt/containerd'   # the test gives each node its own
+  [plugins.'io.containerd.image-verifier.v1.bindir']
+    bin_dir = '/opt/containerd/image-verifier/bin'
+  # NRI would listen on the host-wide /var/run/nri/nri.sock
+  [plugins.'io.containerd.nri.v1.nri']
+    disable = true
+""",
+}
+
+# Handlers a node may have already; the installer must keep them.
+OTHER_RUNTIMES = f"""
+[{RUNTIMES}.crun]
+  runtime_type = "io.containerd.runc.v2"
+
+  [{RUNTIMES}.crun.options]
+    BinaryName = "/usr/local/bin/crun"
+
+[{RUNTIMES}.spin]
+  runtime_type = "io.containerd.spin.v2"
+"""
+
+# A k3s user template: the base, plus an admin's own handler.
+K3S_TEMPLATE = """{{{{ template "base" . }}}}
+
+# Added by the cluster admin.
+[{runtimes}.crun]
+  runtime_type = "io.containerd.runc.v2"
+""".format(runtimes=RUNTIMES)
+
+
+def default_config():
+    """This containerd version's own default config, made to run here."""
+    binary = os.path.join(containerd_bin_dir(CONTAINERD_VERSION), "containerd")
+    text = subprocess.run([binary, "config", "default"], capture_output=True, text=True,
+                          check=True).stdout
+    return patch_for_this_machine(text, MAJOR)
+
+
+CASES = {
+    "default": lambda: ("containerd", default_config(), None),
+    "comments": lambda: ("containerd", COMMENTED[min(MAJOR, 2)], None),
+    "other-runtimes": lambda: ("containerd", default_config() + OTHER_RUNTIMES, None),
+    "k3s-template": lambda: ("k3s", default_config(), K3S_TEMPLATE),
+    "k3s-no-template": lambda: ("k3s", default_config(), None),
+}
+
+
+@pytest.fixture(scope="module")
+def api():
+    api = KubeApi(nodes=[NODE])
+    yield api
+    api.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release():
+    for path in (INSTALLER, SHIM):
+        if not os.path.exists(path):
+            pytest.fail(f"{path} is missing: run make release", pytrace=False)
+
+
+@pytest.fixture
+def make_node():
+    """Nodes made by the test; each is checked for leftovers and removed."""
+    made = []
+
+    def make(distribution, original, template=None):
+        node = Node(distribution, original, template)
+        made.append(node)
+        node.import_images(IMAGES_DIR, ("pause", "hello"))
+        for name in SANDBOX_IMAGES:
+            node.ctr("images", "tag", "--force", "wasmlet.test/pause:latest", name)
+        return node
+
+    yield make
+    for node in made:
+        try:
+            assert node.leftovers() == []
+        finally:
+            node.stop()
+
+
+def run_hello(node):
+    """A wasm pod through CRI on the node: its container says hello, exit 0."""
+    pod = pods.Pod.load(HELLO_MANIFEST)
+    pod.spec["hostNetwork"] = True  # no CNI on these nodes
+    kubelet = Kubelet(node.socket, os.path.join(node.dir, "kubelet"), node.pod_cgroup_root)
+    try:
+        with kubelet.running_pod(pod) as sandbox_id:
+            container_id = kubelet.start_containers(pod, sandbox_id)["hello"]
+            status = kubelet.wait_container(container_id)
+            log = [line[3] for line in read_cri_log(kubelet.log_path(pod, "hello"))]
+            assert status.exit_code == 0, (status, log)
+            assert "Hello from wasmlet!" in log, log
+    finally:
+        kubelet.close()
+
+
+def succeeded(result):
+    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stderr}"
+    return result.stderr
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_install_reinstall_upgrade_uninstall(case, make_node, api, tmp_path):
+    distribution, original, template = CASES[case]()
+    node = make_node(distribution, original, template)
+    edited = node.template_path if distribution == "k3s" else node.paths["config"]
+    before = node.read(edited)
+    rendered_before = node.read(node.paths["config"])
+    env = api.env(NODE)
+
+    # Install: the shim, its link, the runtime; one restart; the label.
+    succeeded(node.run_installer("install", env=env))
+    assert node.restarts == 1
+    with open(SHIM, "rb") as f:
+        assert node.read(SHIM_HOST_PATH) == f.read()
+    assert os.path.realpath(node.path(LINK)) == node.path(SHIM_HOST_PATH)
+    assert api.nodes[NODE] == {LABEL: "true"}
+    config = tomllib.loads(node.read(node.paths["config"]).decode())
+    handlers = config_runtimes(config)
+    assert handlers["wasmlet"] == {"runtime_type": "io.containerd.wasmlet.v1"}
+    assert "runc" in handlers
+    if case == "other-runtimes":
+        assert handlers["crun"]["options"] == {"BinaryName": "/usr/local/bin/crun"}
+        assert handlers["spin"] == {"runtime_type": "io.containerd.spin.v2"}
+    if case == "comments":
+        assert_kept(node.original, node.read(edited).decode())
+    run_hello(node)
+
+    # Again with the same binary: nothing written, nothing restarted.
+    after_install = node.read(edited)
+    stderr = succeeded(node.run_installer("install", env=env))
+    assert "nothing changed" in stderr
+    assert node.restarts == 1
+    assert node.read(edited) == after_install
+
+    # A new binary replaces the old one, with one restart.
+    new_shim = tmp_path / "containerd-shim-wasmlet-v1"
+    with open(SHIM, "rb") as f:
+        new_shim.write_bytes(f.read() + b"\0new build")
+    succeeded(node.run_installer("install", shim=str(new_shim), env=env))
+    assert node.restarts == 2
+    assert node.read(SHIM_HOST_PATH) == new_shim.read_bytes()
+    assert node.read(edited) == after_install
+    run_hello(node)
+
+    # Uninstall: label first, then everything the install added.
+    succeeded(node.run_installer("uninstall", env=env))
+    assert node.restarts == 3
+    assert node.read(edited) == before
+    assert not os.path.lexists(node.path(LINK))
+    assert not os.path.exists(node.path("/opt/wasmlet"))
+    assert api.nodes[NODE] == {}
+    assert node.serving()
+    assert node.read(node.paths["config"]) == rendered_before
+
+
+def assert_kept(original, edited):
+    """Every line of the original is in the edited text, in order."""
+    lines = iter(edited.splitlines())
+    missing = [line for line in original.splitlines() if not any(line == e for e in lines)]
+    assert missing == [], edited
+
+
+def config_runtimes(config):
+    """The CRI runtime handlers of a parsed config."""
+    if MAJOR >= 2:
+        return config["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]
+    return config["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+
+
+def test_runtime_options_go_to_a_file_the_config_names(make_node, api):
+    node = make_node("containerd", default_config())
+    options = '{"SystemdCgroup": false, "CacheMaxBytes": 1000000}'
+    succeeded(node.run_installer("install", env={**api.env(NODE), "WASMLET_RUNTIME_OPTIONS": options}))
+    written = tomllib.loads(node.read("/opt/wasmlet/options.toml").decode())
+    assert written == {"SystemdCgroup": False, "CacheMaxBytes": 1000000}
+    handler = config_runtimes(tomllib.loads(node.read(node.paths["config"]).decode()))["wasmlet"]
+    assert handler["options"] == {"ConfigPath": "/opt/wasmlet/options.toml"}
+    succeeded(node.run_installer("uninstall", env=api.env(NODE)))
+    assert node.read(node.paths["config"]).decode() == node.original
+
+
+def test_containerd_not_coming_back_undoes_the_install(make_node, api):
+    node = make_node("containerd", default_config())
+    node.refuse_next_start = True
+    result = node.run_installer("install", "--restart-timeout", "3", env=api.env(NODE))
+    assert result.returncode != 0
+    assert "containerd did not come back within 3s" in result.stderr, result.stderr
+    assert "removing wasmlet from this node again" in result.stderr, result.stderr
+    # The undo restarted containerd with its own config again.
+    assert node.restarts == 2
+    assert node.serving()
+    assert node.read(node.paths["config"]).decode() == node.original
+    assert not os.path.exists(node.path("/opt/wasmlet"))
+    assert not os.path.lexists(node.path(LINK))
+    assert api.nodes[NODE] == {}
+
+
+@pytest.fixture
+def bare_host():
+    """A node root with plain containerd's files but no containerd running:
+    for failures that must stop the installer before any restart."""
+    root = tempfile.mkdtemp(prefix="wasmlet-e2e-host-", dir="/tmp")
+    for d in ("etc/containerd", "etc/systemd/system", "opt", "usr/local/bin"):
+        os.makedirs(os.path.join(root, d))
+    open(os.path.join(root, "etc/systemd/system/containerd.service"), "w").close()
+    yield root
+    subprocess.run(["umount", os.path.join(root, "opt")], capture_output=True)
+    shutil.rmtree(root)
+
+
+def run_installer(root, *args, env=None):
+    full_env = {"PATH": os.environ["PATH"], "WASMLET_HOST_ROOT": root, "WASMLET_SHIM": SHIM, **(env or {})}
+    return subprocess.run([INSTALLER, *args], env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def untouched(root, config):
+    with open(os.path.join(root, "etc/containerd/config.toml")) as f:
+        assert f.read() == config
+    assert os.listdir(os.path.join(root, "opt")) == []
+    assert os.listdir(os.path.join(root, "usr/local/bin")) == []
+
+
+def test_an_unknown_config_layout_is_refused(bare_host, api):
+    config = "# a containerd from the future\nversion = 4\n"
+    with open(os.path.join(bare_host, "etc/containerd/config.toml"), "w") as f:
+        f.write(config)
+    result = run_installer(bare_host, "install", env=api.env(NODE))
+    assert result.returncode != 0
+    assert "/etc/containerd/config.toml: unknown layout: config version 4" in result.stderr, result.stderr
+    untouched(bare_host, config)
+    assert api.nodes[NODE] == {}
+
+
+def test_an_unwritable_root_is_refused(bare_host, api):
+    config = "version = 2\n"
+    with open(os.path.join(bare_host, "etc/containerd/config.toml"), "w") as f:
+        f.write(config)
+    opt = os.path.join(bare_host, "opt")
+    subprocess.run(["mount", "--bind", opt, opt], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", opt], check=True)
+    result = run_installer(bare_host, "install", env=api.env(NODE))
+    assert result.returncode != 0
+    assert "create /opt/wasmlet on the host: Read-only file system" in result.stderr, result.stderr
+    untouched(bare_host, config)
+    assert api.nodes[NODE] == {}
+
+
+def test_uninstall_hook_waits_for_every_node(api):
+    api.nodes.update({"node-a": {LABEL: "true"}, "node-b": {LABEL: "true"}})
+    api.daemonsets[("wasmlet", "wasmlet")] = {"wasmlet.dev/mode": "install"}
+
+    def uninstall_nodes(namespace, name):
+        # What the DaemonSet's pods do once their mode is uninstall.
+        def unlabel():
+            for node in ("node-a", "node-b"):
+                api.nodes[node].pop(LABEL, None)
+        threading.Timer(1.0, unlabel).start()
+
+    api.on_daemonset_patch = uninstall_nodes
+    try:
+        result = run_installer("/", "cleanup", "--namespace", "wasmlet", "--daemonset", "wasmlet",
+                               "--timeout", "30", env=api.env())
+        assert result.returncode == 0, result.stderr
+        assert api.daemonsets[("wasmlet", "wasmlet")] == {"wasmlet.dev/mode": "uninstall"}
+
+        # A node that never gets there fails the hook, by name.
+        api.on_daemonset_patch = None
+        api.nodes["node-b"][LABEL] = "true"
+        result = run_installer("/", "cleanup", "--namespace", "wasmlet", "--daemonset", "wasmlet",
+                               "--timeout", "2", env=api.env())
+        assert result.returncode != 0
+        assert "these nodes still have wasmlet.dev/installed: node-b" in result.stderr, result.stderr
+    finally:
+        api.on_daemonset_patch = None
+        for node in ("node-a", "node-b"):
+            del api.nodes[node]
+
+
+def test_release_binaries_are_static_stripped_and_stamped():
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=RELEASE_DIR,
+                            capture_output=True, text=True).stdout.strip()
+    for binary in (SHIM, INSTALLER):
+        headers = subprocess.run(["readelf", "-lSW", binary], capture_output=True, text=True, check=True).stdout
+        assert "INTERP" not in headers and "DYNAMIC" not in headers, f"{binary} is not static"
+        assert ".symtab" not in headers, f"{binary} is not stripped"
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+        assert "0.1.0 (commit " + commit in version, version
+    sums = subprocess.run(["sha256sum", "--check", "SHA256SUMS"], cwd=RELEASE_DIR,
+                          capture_output=True, text=True)
+    assert sums.returncode == 0, sums.stdout + sums.stderr
+
+
+def test_installer_image_holds_both_binaries(ctd):
+    ctd.ctr("images", "import", os.path.join(RELEASE_DIR, "wasmlet-installer.tar"))
+    image = next(name for name in ctd.ctr("images", "ls", "-q").stdout.split()
+                 if "wasmlet-installer" in name)
+    for i, binary in enumerate(("/wasmlet/wasmlet-node-installer", "/wasmlet/containerd-shim-wasmlet-v1")):
+        result = ctd.run(image, f"installer-image-{i}", binary, "--version", runtime="io.containerd.runc.v2")
+        assert result.returncode == 0, result.stderr
+        assert "0.1.0" in result.stdout
