@@ -26,6 +26,11 @@ use crate::host::Host;
 use crate::install::{Settings, SHIM_NAME};
 use crate::kube::Kube;
 
+/// The label's value on a node ready for wasm pods (the RuntimeClass's
+/// nodeSelector), and while an uninstall is under way.
+const READY: &str = "true";
+const UNINSTALLING: &str = "uninstalling";
+
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("WASMLET_COMMIT"), ")");
 
 #[derive(Parser)]
@@ -117,23 +122,29 @@ fn run(command: Command) -> Result<()> {
                 Err(err) => {
                     // A node without wasmlet gets no wasm pods.
                     if let Some(label) = &label {
-                        label.set(false).unwrap_or_else(|unlabel| warn!("{unlabel:#}"));
+                        label.set(None).unwrap_or_else(|unlabel| warn!("{unlabel:#}"));
                     }
                     return Err(err);
                 }
             }
             if let Some(label) = &label {
-                label.set(true)?;
+                label.set(Some(READY))?;
             }
             args.stay_if_asked()
         }
         Command::Uninstall(args) => {
             let (host, settings) = args.settings()?;
-            // First stop new wasm pods from coming to this node.
-            if let Some(label) = args.node_label()? {
-                label.set(false)?;
+            // First stop new wasm pods from coming to this node (the
+            // RuntimeClass selects READY); the label goes only when the node
+            // is back as it was, which is what the uninstall hook waits for.
+            let label = args.node_label()?;
+            if let Some(label) = &label {
+                label.set(Some(UNINSTALLING))?;
             }
             let outcome = install::uninstall(&host, &settings)?;
+            if let Some(label) = &label {
+                label.set(None)?;
+            }
             info!(?outcome, "uninstall done");
             args.stay_if_asked()
         }
@@ -157,9 +168,10 @@ struct NodeLabel {
 }
 
 impl NodeLabel {
-    fn set(&self, on: bool) -> Result<()> {
-        self.kube.label_node(&self.node, &self.label, on.then_some("true"))?;
-        info!(node = self.node, label = self.label, on, "node label set");
+    /// Sets the label to `value`, or removes it (None).
+    fn set(&self, value: Option<&str>) -> Result<()> {
+        self.kube.label_node(&self.node, &self.label, value)?;
+        info!(node = self.node, label = self.label, value = value.unwrap_or("(removed)"), "node label set");
         Ok(())
     }
 }

@@ -28,6 +28,7 @@ class KubeApi:
         self.dir = tempfile.mkdtemp(prefix="wasmlet-kube-api-", dir="/tmp")
         self.nodes = {name: {} for name in nodes}  # name -> labels
         self.daemonsets = {}  # (namespace, name) -> pod template annotations
+        self.label_patches = []  # (node, {label: value or None}) in order
         self.on_daemonset_patch = None  # called with (namespace, name)
         self.lock = threading.Lock()
         self._make_certificates()
@@ -130,7 +131,9 @@ def _handler(api):
                 if parts[:3] == ["api", "v1", "nodes"] and len(parts) == 4:
                     if parts[3] not in api.nodes:
                         return self._fail(404, f'nodes "{parts[3]}" not found')
-                    merge(api.nodes[parts[3]], patch.get("metadata", {}).get("labels", {}))
+                    labels = patch.get("metadata", {}).get("labels", {})
+                    api.label_patches.append((parts[3], labels))
+                    merge(api.nodes[parts[3]], labels)
                     return self._answer(200, {"metadata": {"name": parts[3], "labels": api.nodes[parts[3]]}})
                 if parts[:3] == ["apis", "apps", "v1"] and len(parts) == 7 and parts[5] == "daemonsets":
                     key = (parts[4], parts[6])

@@ -213,8 +213,10 @@ def test_install_reinstall_upgrade_uninstall(case, make_node, api, tmp_path):
     assert node.read(edited) == after_install
     run_hello(node)
 
-    # Uninstall: label first, then everything the install added.
+    # Uninstall: the label stops scheduling first, then goes when all is back.
+    del api.label_patches[:]
     succeeded(node.run_installer("uninstall", env=env))
+    assert api.label_patches == [(NODE, {LABEL: "uninstalling"}), (NODE, {LABEL: None})]
     assert node.restarts == 3
     assert node.read(edited) == before
     assert not os.path.lexists(node.path(LINK))
