@@ -157,7 +157,10 @@ fn parse(text: &str, source: &str) -> Result<DocumentMut> {
     let mut item = doc.as_item();
     for key in layout.runtimes() {
         match item.get(key) {
-            Some(next) if next.is_table_like() => item = next,
+            Some(next) if next.is_table() => item = next,
+            Some(next) if next.is_inline_table() => {
+                bail!("{source}: `{key}` is an inline table; wasmlet adds its runtime only under [table] headers")
+            }
             Some(_) => bail!("{source}: `{key}` on the way to the runtime handlers is not a table"),
             None => break,
         }
@@ -231,6 +234,9 @@ root = "/var/lib/containerd"
         assert!(err.contains("/etc/c.toml is not valid TOML"), "{err}");
         let err = format!("{:#}", plain().add_to("version = 2\nplugins = 1\n", "/etc/c.toml").unwrap_err());
         assert!(err.contains("`plugins` on the way to the runtime handlers is not a table"), "{err}");
+        let inline = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\ncontainerd = { snapshotter = \"overlayfs\" }\n";
+        let err = format!("{:#}", plain().add_to(inline, "/etc/c.toml").unwrap_err());
+        assert!(err.contains("`containerd` is an inline table"), "{err}");
     }
 
     #[test]

@@ -165,7 +165,8 @@ fn k0s_layout(host: &Host) -> Result<Layout> {
 
 /// The first of `names` that is a systemd unit on the host.
 fn unit(host: &Host, names: &[&str]) -> Result<String> {
-    const DIRS: [&str; 4] = ["/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
+    const DIRS: [&str; 5] =
+        ["/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"];
     for name in names {
         if DIRS.iter().any(|dir| host.exists(&format!("{dir}/{name}.service"))) {
             return Ok(name.to_string());

@@ -121,12 +121,14 @@ impl Host {
         let root = self.root.clone();
         let mut command = Command::new(program);
         command.args(args).env_clear().env("PATH", HOST_PATH);
-        // Safety: between fork and exec this calls only chroot and chdir,
-        // which are async-signal-safe.
+        // Safety: between fork and exec this calls only chroot, chdir and
+        // sigprocmask, which are async-signal-safe.
         unsafe {
             command.pre_exec(move || {
                 std::os::unix::fs::chroot(&root)?;
-                std::env::set_current_dir("/")
+                std::env::set_current_dir("/")?;
+                // The installer holds SIGTERM back; the host's command must not.
+                nix::sys::signal::SigSet::empty().thread_set_mask().map_err(std::io::Error::from)
             });
         }
         let shown = std::iter::once(program).chain(args.iter().copied()).collect::<Vec<_>>().join(" ");

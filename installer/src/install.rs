@@ -83,12 +83,14 @@ fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>
     let state = State {
         distribution,
         config: node.config.clone(),
-        original: previous.map_or_else(|| current.clone(), |state| state.original.clone()),
+        original: original_text(node, previous, current.as_deref()),
         written: digest(desired.as_bytes()),
         link: Some(format!("{}/{SHIM_NAME}", node.link_dir)),
     };
     // Recorded before anything is written, so a failure halfway is undone.
-    state.save(host)?;
+    if previous != Some(&state) {
+        state.save(host)?;
+    }
 
     let shim_changed = install_shim(host, settings)?;
     install_options(host, &settings.options)?;
@@ -104,6 +106,39 @@ fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>
     containerd::restart(host, node, settings.restart_timeout)?;
     info!("wasmlet installed; containerd serves with the wasmlet runtime");
     Ok(Outcome::Restarted)
+}
+
+/// What uninstall gives back: the text before the first install; but if
+/// someone edited the file since the last install, the text as it is now
+/// without wasmlet's part, so their edit survives.
+fn original_text(node: &Node, previous: Option<&State>, current: Option<&str>) -> Option<String> {
+    let Some(state) = previous else { return current.map(String::from) };
+    let edited = current.map(|text| digest(text.as_bytes())).as_deref() != Some(state.written.as_str());
+    if !edited || matches!(node.kind, ConfigKind::DropIn { .. }) {
+        return state.original.clone();
+    }
+    warn!("{} changed since wasmlet wrote it: uninstall will give back that text without wasmlet's part", node.config);
+    current.map(|text| without_wasmlet(text, &node.config))
+}
+
+/// The text with wasmlet's block or handler taken out (as it is, when it
+/// has neither or cannot be read as TOML).
+fn without_wasmlet(text: &str, source: &str) -> String {
+    if let Some(rest) = template::remove_block(text) {
+        return rest;
+    }
+    match config::remove_from(text, source) {
+        Ok(rest) => rest.unwrap_or_else(|| text.to_string()),
+        Err(err) => {
+            warn!("{err:#}: left as it is");
+            text.to_string()
+        }
+    }
+}
+
+/// Whether wasmlet is installed on the node (its record is there).
+pub fn installed(host: &Host) -> bool {
+    State::load(host).ok().flatten().is_some()
 }
 
 /// The config's text with the wasmlet runtime in it.
@@ -194,16 +229,7 @@ fn restore_config(host: &Host, state: &State) -> Result<bool> {
         None => return Ok(false),
         Some(text) => {
             warn!("{} changed since wasmlet wrote it: taking out only wasmlet's runtime", state.config);
-            match template::remove_block(text) {
-                Some(rest) => Some(rest),
-                None => match config::remove_from(text, &state.config) {
-                    Ok(rest) => Some(rest.unwrap_or_else(|| text.to_string())),
-                    Err(err) => {
-                        warn!("{err:#}: left as it is");
-                        Some(text.to_string())
-                    }
-                },
-            }
+            Some(without_wasmlet(text, &state.config))
         }
     };
     if restored == current {

@@ -97,6 +97,13 @@ struct CleanupArgs {
 }
 
 fn main() -> ExitCode {
+    // SIGTERM must not cut an install or uninstall short (the pod shares the
+    // host's PID namespace, so the process is no PID 1 that the kernel
+    // shields): it is held until the work is done, and `--stay` waits for it.
+    if let Err(err) = termination_signals().thread_block() {
+        eprintln!("block SIGTERM: {err}");
+        return ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
@@ -120,8 +127,9 @@ fn run(command: Command) -> Result<()> {
             match install::install(&host, &settings) {
                 Ok(outcome) => info!(?outcome, "install done"),
                 Err(err) => {
-                    // A node without wasmlet gets no wasm pods.
-                    if let Some(label) = &label {
+                    // A node without wasmlet gets no wasm pods (an error that
+                    // left an earlier install in place keeps its label).
+                    if let Some(label) = label.as_ref().filter(|_| !install::installed(&host)) {
                         label.set(None).unwrap_or_else(|unlabel| warn!("{unlabel:#}"));
                     }
                     return Err(err);
@@ -201,19 +209,21 @@ impl NodeArgs {
         Ok(Some(NodeLabel { kube: Kube::in_cluster()?, node: node.clone(), label: self.label.clone() }))
     }
 
-    /// Waits for SIGTERM or SIGINT when asked to stay. As PID 1 of a pod
-    /// the process gets no default action for them, so they are waited for.
+    /// Waits for SIGTERM or SIGINT (blocked since start) when asked to stay.
     fn stay_if_asked(&self) -> Result<()> {
         if !self.stay {
             return Ok(());
         }
-        let mut signals = SigSet::empty();
-        signals.add(Signal::SIGTERM);
-        signals.add(Signal::SIGINT);
-        signals.thread_block().context("block SIGTERM")?;
         info!("done; waiting for SIGTERM");
-        let signal = signals.wait().context("wait for SIGTERM")?;
+        let signal = termination_signals().wait().context("wait for SIGTERM")?;
         info!(%signal, "stopping; the node keeps its install");
         Ok(())
     }
+}
+
+fn termination_signals() -> SigSet {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
 }

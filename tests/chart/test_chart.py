@@ -126,7 +126,7 @@ def test_the_daemonset_runs_the_installer_on_every_chosen_node(variant):
     image = values.get("image", {})
     assert container["image"] == f"{image.get('repository', 'ghcr.io/wasmlet/wasmlet-installer')}:{image.get('tag', '0.1.0')}"
     assert container["resources"] == values.get("resources", {
-        "requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}})
+        "requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}})
 
 
 def test_the_installer_reads_every_variable_the_chart_sets(variant):

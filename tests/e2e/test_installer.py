@@ -29,6 +29,7 @@ HELLO_MANIFEST = os.path.join(os.path.dirname(HERE), "cri", "manifests", "hello-
 # containerd's default sandbox image, by version (the test pause image is tagged so).
 SANDBOX_IMAGES = ["registry.k8s.io/pause:3.6", "registry.k8s.io/pause:3.8", "registry.k8s.io/pause:3.10"]
 SHIM_HOST_PATH = "/opt/wasmlet/bin/containerd-shim-wasmlet-v1"
+STATE_FILE = "/opt/wasmlet/state.json"
 LINK = "/usr/local/bin/containerd-shim-wasmlet-v1"
 
 RUNTIMES = ("plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes" if MAJOR >= 2
@@ -197,11 +198,12 @@ def test_install_reinstall_upgrade_uninstall(case, make_node, api, tmp_path):
     run_hello(node)
 
     # Again with the same binary: nothing written, nothing restarted.
-    after_install = node.read(edited)
+    after_install, record = node.read(edited), os.stat(node.path(STATE_FILE))
     stderr = succeeded(node.run_installer("install", env=env))
     assert "nothing changed" in stderr
     assert node.restarts == 1
     assert node.read(edited) == after_install
+    assert os.stat(node.path(STATE_FILE)).st_mtime_ns == record.st_mtime_ns
 
     # A new binary replaces the old one, with one restart.
     new_shim = tmp_path / "containerd-shim-wasmlet-v1"
@@ -238,6 +240,19 @@ def config_runtimes(config):
     if MAJOR >= 2:
         return config["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]
     return config["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+
+
+def test_an_edit_after_the_install_survives_reinstall_and_uninstall(make_node, api):
+    node = make_node("containerd", default_config())
+    succeeded(node.run_installer("install", env=api.env(NODE)))
+    config = node.path(node.paths["config"])
+    with open(config, "a") as f:
+        f.write("\n# The admin was here.\n")
+    # The pod restarts: same install, nothing to do, but the edit is noted.
+    succeeded(node.run_installer("install", env=api.env(NODE)))
+    assert node.restarts == 1
+    succeeded(node.run_installer("uninstall", env=api.env(NODE)))
+    assert node.read(node.paths["config"]).decode() == node.original + "\n# The admin was here.\n"
 
 
 def test_runtime_options_go_to_a_file_the_config_names(make_node, api):
