@@ -94,8 +94,7 @@ impl Entry {
     /// Returns the text unchanged when it already says what the entry says,
     /// so a second install writes nothing.
     pub fn add_to(&self, text: &str, source: &str) -> Result<String> {
-        let mut doc = parse(text, source)?;
-        let layout = Layout::of(&doc).with_context(|| format!("{source}: unknown layout"))?;
+        let (mut doc, layout) = parse(text, source)?;
         self.insert_into(&mut doc, layout);
         let edited = doc.to_string();
         Ok(if same_settings(text, &edited)? { text.to_string() } else { edited })
@@ -118,8 +117,7 @@ impl Entry {
 
 /// `text` without a `wasmlet` handler; None if it had none.
 pub fn remove_from(text: &str, source: &str) -> Result<Option<String>> {
-    let mut doc = parse(text, source)?;
-    let layout = Layout::of(&doc)?;
+    let (mut doc, layout) = parse(text, source)?;
     let mut table = doc.as_table_mut();
     for key in layout.runtimes() {
         match table.get_mut(key).and_then(Item::as_table_mut) {
@@ -132,14 +130,13 @@ pub fn remove_from(text: &str, source: &str) -> Result<Option<String>> {
 
 /// Whether the text holds no settings at all (missing, empty, comments).
 pub fn is_blank(text: &str, source: &str) -> Result<bool> {
-    Ok(parse(text, source)?.as_table().is_empty())
+    Ok(parse(text, source)?.0.as_table().is_empty())
 }
 
 /// Whether the text has a runc handler using the systemd cgroup driver,
 /// which wasm containers do not support yet.
 pub fn uses_systemd_cgroup(text: &str) -> bool {
-    let Ok(doc) = text.parse::<DocumentMut>() else { return false };
-    let Ok(layout) = Layout::of(&doc) else { return false };
+    let Ok((doc, layout)) = parse(text, "") else { return false };
     let mut item = doc.as_item();
     for key in layout.runtimes().into_iter().chain(["runc", "options", "SystemdCgroup"]) {
         match item.get(key) {
@@ -150,9 +147,10 @@ pub fn uses_systemd_cgroup(text: &str) -> bool {
     item.as_bool() == Some(true)
 }
 
-fn parse(text: &str, source: &str) -> Result<DocumentMut> {
+/// The document and its layout, checked to reach the runtime handlers
+/// through tables.
+fn parse(text: &str, source: &str) -> Result<(DocumentMut, Layout)> {
     let doc: DocumentMut = text.parse().with_context(|| format!("{source} is not valid TOML"))?;
-    // The handler table must be reachable through tables, not values.
     let layout = Layout::of(&doc).with_context(|| format!("{source}: unknown layout"))?;
     let mut item = doc.as_item();
     for key in layout.runtimes() {
@@ -165,7 +163,7 @@ fn parse(text: &str, source: &str) -> Result<DocumentMut> {
             None => break,
         }
     }
-    Ok(doc)
+    Ok((doc, layout))
 }
 
 /// Whether two configs say the same, whatever their formatting.

@@ -46,8 +46,8 @@ pub struct Node {
     /// containerd's gRPC socket, to see it serving again after a restart.
     pub socket: &'static str,
     pub restart: Restart,
-    /// A directory on containerd's PATH, where the shim's link goes.
-    pub link_dir: &'static str,
+    /// The config containerd runs with, as the distribution renders it.
+    pub running_config: String,
 }
 
 /// How containerd comes to read a changed config.
@@ -93,14 +93,11 @@ impl Distribution {
                 kind: ConfigKind::Toml,
                 socket: "/run/containerd/containerd.sock",
                 restart: Restart::Unit(unit(host, &["containerd"])?),
-                link_dir: "/usr/local/bin",
+                running_config: "/etc/containerd/config.toml".into(),
             },
             Distribution::K3s | Distribution::Rke2 => {
-                let (dir, units) = if self == Distribution::K3s {
-                    ("/var/lib/rancher/k3s/agent/etc/containerd", ["k3s", "k3s-agent"])
-                } else {
-                    ("/var/lib/rancher/rke2/agent/etc/containerd", ["rke2-server", "rke2-agent"])
-                };
+                let dir = self.marker();
+                let units = if self == Distribution::K3s { ["k3s", "k3s-agent"] } else { ["rke2-server", "rke2-agent"] };
                 let (template, layout) = k3s_template(host, dir)?;
                 Node {
                     distribution: self,
@@ -108,7 +105,7 @@ impl Distribution {
                     kind: ConfigKind::Template { layout, preamble: K3S_PREAMBLE },
                     socket: "/run/k3s/containerd/containerd.sock",
                     restart: Restart::Unit(unit(host, &units)?),
-                    link_dir: "/usr/local/bin",
+                    running_config: format!("{dir}/config.toml"),
                 }
             }
             Distribution::Microk8s => Node {
@@ -117,7 +114,7 @@ impl Distribution {
                 kind: ConfigKind::Template { layout: Layout::V2, preamble: "" },
                 socket: "/var/snap/microk8s/common/run/containerd.sock",
                 restart: Restart::Unit(unit(host, &["snap.microk8s.daemon-containerd"])?),
-                link_dir: "/usr/local/bin",
+                running_config: "/var/snap/microk8s/current/args/containerd.toml".into(),
             },
             Distribution::K0s => Node {
                 distribution: self,
@@ -125,7 +122,7 @@ impl Distribution {
                 kind: ConfigKind::DropIn { layout: k0s_layout(host)? },
                 socket: "/run/k0s/containerd.sock",
                 restart: Restart::ByDistribution,
-                link_dir: "/usr/local/bin",
+                running_config: "/run/k0s/containerd-cri.toml".into(),
             },
         };
         Ok(node)
@@ -180,14 +177,7 @@ impl Node {
     /// Whether the runc handler of this node's config uses the systemd
     /// cgroup driver (wasm containers need cgroupfs for now).
     pub fn uses_systemd_cgroup(&self, host: &Host) -> bool {
-        let main = match self.distribution {
-            Distribution::Containerd => "/etc/containerd/config.toml",
-            Distribution::K3s => "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
-            Distribution::Rke2 => "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
-            Distribution::Microk8s => "/var/snap/microk8s/current/args/containerd-template.toml",
-            Distribution::K0s => "/run/k0s/containerd-cri.toml",
-        };
-        host.read(main).ok().flatten().is_some_and(|text| config::uses_systemd_cgroup(&text))
+        host.read(&self.running_config).ok().flatten().is_some_and(|text| config::uses_systemd_cgroup(&text))
     }
 }
 

@@ -4,7 +4,7 @@
 //! here, so every message names the path a node's admin knows.
 
 use std::fs;
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
@@ -43,7 +43,7 @@ impl Host {
     pub fn read(&self, host_path: &str) -> Result<Option<String>> {
         match fs::read_to_string(self.path(host_path)) {
             Ok(text) => Ok(Some(text)),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err).with_context(|| format!("read {host_path} on the host")),
         }
     }
@@ -52,6 +52,15 @@ impl Host {
     /// reader never sees half a config and a full disk leaves the old one.
     /// A new file gets `mode`; an existing one keeps its own.
     pub fn write(&self, host_path: &str, bytes: &[u8], mode: u32) -> Result<()> {
+        self.replace(host_path, mode, |file| file.write_all(bytes))
+    }
+
+    /// `write`, with the content streamed from `source`.
+    pub fn copy_in(&self, source: &mut impl Read, host_path: &str, mode: u32) -> Result<()> {
+        self.replace(host_path, mode, |file| io::copy(source, file).map(drop))
+    }
+
+    fn replace(&self, host_path: &str, mode: u32, fill: impl FnOnce(&mut fs::File) -> io::Result<()>) -> Result<()> {
         let target = self.path(host_path);
         let dir = target.parent().context("a file path has a parent")?;
         fs::create_dir_all(dir).with_context(|| format!("create {} on the host", parent(host_path)))?;
@@ -59,7 +68,7 @@ impl Host {
         let temp = dir.join(format!(".{}.wasmlet-tmp", target.file_name().unwrap_or_default().to_string_lossy()));
         let written = (|| {
             let mut file = fs::File::create(&temp)?;
-            file.write_all(bytes)?;
+            fill(&mut file)?;
             file.set_permissions(fs::Permissions::from_mode(mode))?;
             file.sync_all()?;
             fs::rename(&temp, &target)
@@ -73,25 +82,26 @@ impl Host {
 
     pub fn remove_file(&self, host_path: &str) -> Result<()> {
         match fs::remove_file(self.path(host_path)) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err).with_context(|| format!("remove {host_path} on the host")),
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err).with_context(|| format!("remove {host_path} on the host")),
             _ => Ok(()),
         }
     }
 
     pub fn remove_dir_all(&self, host_path: &str) -> Result<()> {
         match fs::remove_dir_all(self.path(host_path)) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err).with_context(|| format!("remove {host_path} on the host")),
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err).with_context(|| format!("remove {host_path} on the host")),
             _ => Ok(()),
         }
     }
 
     /// The sha256 of a host file, or None when it does not exist.
     pub fn file_digest(&self, host_path: &str) -> Result<Option<String>> {
-        match fs::read(self.path(host_path)) {
-            Ok(bytes) => Ok(Some(digest(&bytes))),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(err).with_context(|| format!("read {host_path} on the host")),
-        }
+        let digest = match fs::File::open(self.path(host_path)) {
+            Ok(file) => file_digest(file).map(Some),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err),
+        };
+        digest.with_context(|| format!("read {host_path} on the host"))
     }
 
     /// A symlink at `link` to `target`, both host paths. The link is
@@ -103,15 +113,9 @@ impl Host {
         std::os::unix::fs::symlink(&relative, &at).with_context(|| format!("link {link} to {target} on the host"))
     }
 
-    /// Where the symlink at `link` points (as written), or None if `link`
-    /// is not a symlink.
-    pub fn link_target(&self, link: &str) -> Option<PathBuf> {
-        fs::read_link(self.path(link)).ok()
-    }
-
-    /// Whether `link` is a symlink that resolves to the host path `target`.
+    /// Whether `link` is the symlink `symlink` makes to the host path `target`.
     pub fn links_to(&self, link: &str, target: &str) -> bool {
-        self.link_target(link).is_some_and(|written| written == relative_path(parent(link), target))
+        fs::read_link(self.path(link)).is_ok_and(|written| written == relative_path(parent(link), target))
     }
 
     /// Runs a host command as the host would: chrooted into the host's root,
@@ -138,6 +142,13 @@ impl Host {
 
 pub fn digest(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// The sha256 of what `reader` holds, read in pieces.
+pub fn file_digest(mut reader: impl Read) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    io::copy(&mut reader, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 fn parent(host_path: &str) -> &str {

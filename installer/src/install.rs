@@ -12,13 +12,16 @@ use tracing::{error, info, warn};
 use crate::config::{self, Entry, Layout};
 use crate::containerd;
 use crate::distro::{ConfigKind, Distribution, Node};
-use crate::host::{digest, Host};
+use crate::host::{digest, file_digest, Host};
 use crate::state::{State, INSTALL_DIR};
 use crate::template;
 
 pub const SHIM_NAME: &str = "containerd-shim-wasmlet-v1";
 const SHIM_PATH: &str = "/opt/wasmlet/bin/containerd-shim-wasmlet-v1";
 const OPTIONS_PATH: &str = "/opt/wasmlet/options.toml";
+/// The shim's link: /usr/local/bin is on containerd's PATH under systemd
+/// (its default PATH) in every distribution wasmlet supports.
+const LINK: &str = "/usr/local/bin/containerd-shim-wasmlet-v1";
 
 pub struct Settings {
     /// None: find out which distribution the node runs.
@@ -85,7 +88,6 @@ fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>
         config: node.config.clone(),
         original: original_text(node, previous, current.as_deref()),
         written: digest(desired.as_bytes()),
-        link: Some(format!("{}/{SHIM_NAME}", node.link_dir)),
     };
     // Recorded before anything is written, so a failure halfway is undone.
     if previous != Some(&state) {
@@ -94,7 +96,7 @@ fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>
 
     let shim_changed = install_shim(host, settings)?;
     install_options(host, &settings.options)?;
-    install_link(host, state.link.as_deref().expect("set above"))?;
+    install_link(host)?;
     if current.as_deref() != Some(desired.as_str()) {
         host.write(&node.config, desired.as_bytes(), 0o644)?;
         config_changed = true;
@@ -164,14 +166,17 @@ fn desired_config(host: &Host, node: &Node, current: Option<&str>, entry: &Entry
     }
 }
 
-/// Copies the shim to /opt/wasmlet/bin unless the same one is there.
+/// Copies the shim to /opt/wasmlet/bin unless the same one is there. Both
+/// are streamed, not read whole: the pod's memory limit is small.
 fn install_shim(host: &Host, settings: &Settings) -> Result<bool> {
-    let bytes = std::fs::read(&settings.shim).with_context(|| format!("read the shim to install, {}", settings.shim.display()))?;
-    if host.file_digest(SHIM_PATH)?.as_deref() == Some(digest(&bytes).as_str()) {
+    let source = &settings.shim;
+    let open = || std::fs::File::open(source).with_context(|| format!("read the shim to install, {}", source.display()));
+    let wanted = file_digest(open()?).with_context(|| format!("read the shim to install, {}", source.display()))?;
+    if host.file_digest(SHIM_PATH)?.as_deref() == Some(wanted.as_str()) {
         return Ok(false);
     }
     info!(path = SHIM_PATH, "installing the shim");
-    host.write(SHIM_PATH, &bytes, 0o755)?;
+    host.copy_in(&mut open()?, SHIM_PATH, 0o755)?;
     Ok(true)
 }
 
@@ -187,14 +192,14 @@ fn install_options(host: &Host, options: &toml::Table) -> Result<()> {
     Ok(())
 }
 
-fn install_link(host: &Host, link: &str) -> Result<()> {
-    if host.links_to(link, SHIM_PATH) {
+fn install_link(host: &Host) -> Result<()> {
+    if host.links_to(LINK, SHIM_PATH) {
         return Ok(());
     }
-    if host.path(link).symlink_metadata().is_ok() {
-        bail!("{link} exists and is not wasmlet's link to {SHIM_PATH}: remove it, or uninstall the other {SHIM_NAME}");
+    if host.path(LINK).symlink_metadata().is_ok() {
+        bail!("{LINK} exists and is not wasmlet's link to {SHIM_PATH}: remove it, or uninstall the other {SHIM_NAME}");
     }
-    host.symlink(SHIM_PATH, link)
+    host.symlink(SHIM_PATH, LINK)
 }
 
 /// Removes what the install added: the config returns to its text from
@@ -207,8 +212,8 @@ pub fn uninstall(host: &Host, settings: &Settings) -> Result<Outcome> {
     };
     info!(distribution = %state.distribution, config = state.config, "removing wasmlet");
     let config_changed = restore_config(host, &state)?;
-    if let Some(link) = state.link.as_deref().filter(|link| host.links_to(link, SHIM_PATH)) {
-        host.remove_file(link)?;
+    if host.links_to(LINK, SHIM_PATH) {
+        host.remove_file(LINK)?;
     }
     if config_changed {
         let node = state.distribution.node(host).context("find how to restart containerd")?;

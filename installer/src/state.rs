@@ -20,8 +20,6 @@ pub struct State {
     pub original: Option<String>,
     /// The sha256 of the text the last install wrote.
     pub written: String,
-    /// The shim's link on containerd's PATH, if the install made it.
-    pub link: Option<String>,
 }
 
 impl State {

@@ -180,12 +180,9 @@ class Node(Containerd):
 
     # ---- the installer -------------------------------------------------
 
-    def run_installer(self, command, *args, shim=SHIM, env=None, timeout=180):
-        """Runs the release's installer on this node; returns the CompletedProcess."""
-        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUST_LOG": "info",
-                    "WASMLET_HOST_ROOT": self.host, "WASMLET_SHIM": shim, **(env or {})}
-        return subprocess.run([INSTALLER, command, *args], env=full_env, capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    def run_installer(self, *args, **options):
+        """run_installer on this node's root."""
+        return run_installer(self.host, *args, **options)
 
     def serving(self):
         return self._running() and self.ctr("version", check=False).returncode == 0
@@ -200,6 +197,14 @@ class Node(Containerd):
                 os.rmdir(d)
             except OSError:
                 pass  # not empty: leftovers() reports what is in it
+
+
+def run_installer(host_root, command, *args, shim=SHIM, env=None, timeout=180):
+    """Runs the release's installer on a node root; returns the CompletedProcess."""
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "RUST_LOG": "info",
+                "WASMLET_HOST_ROOT": host_root, "WASMLET_SHIM": shim, **(env or {})}
+    return subprocess.run([INSTALLER, command, *args], env=full_env, capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def patch_for_this_machine(text, major):

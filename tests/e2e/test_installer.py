@@ -13,9 +13,9 @@ import tomllib
 
 import pytest
 
-from harness import CONTAINERD_VERSION, Containerd, containerd_bin_dir
+from harness import CONTAINERD_VERSION, containerd_bin_dir
 from kube_api import KubeApi
-from node import INSTALLER, RELEASE_DIR, SHIM, Node, patch_for_this_machine
+from node import INSTALLER, RELEASE_DIR, SHIM, Node, patch_for_this_machine, run_installer
 
 import pods
 from kubelet import Kubelet, read_cri_log
@@ -294,11 +294,6 @@ def bare_host():
     yield root
     subprocess.run(["umount", os.path.join(root, "opt")], capture_output=True)
     shutil.rmtree(root)
-
-
-def run_installer(root, *args, env=None):
-    full_env = {"PATH": os.environ["PATH"], "WASMLET_HOST_ROOT": root, "WASMLET_SHIM": SHIM, **(env or {})}
-    return subprocess.run([INSTALLER, *args], env=full_env, capture_output=True, text=True, timeout=60)
 
 
 def untouched(root, config):
