@@ -104,7 +104,7 @@ impl Cache {
         let digest = hex::encode(Sha256::digest(&compiled));
         write_atomically(&artifact, |file| file.write_all(&compiled))?;
         write_atomically(&checksum, |file| file.write_all(digest.as_bytes()))?;
-        if let (Some(digests), Ok(file)) = (&digests, File::open(&artifact)) {
+        if let Ok(file) = File::open(&artifact) {
             digests.remember(&file, &digest);
         }
         self.evict(&artifact);
@@ -201,13 +201,9 @@ fn engine_key(engine: &Engine) -> String {
 }
 
 /// Ok(true): sound entry; Ok(false): present but corrupt; Err: absent or unreadable.
-fn verify(artifact: &Path, checksum: &Path, digests: &Option<Digests>) -> std::io::Result<bool> {
+fn verify(artifact: &Path, checksum: &Path, digests: &Digests) -> std::io::Result<bool> {
     let expected = fs::read_to_string(checksum)?;
-    let file = File::open(artifact)?;
-    let actual = match digests {
-        Some(digests) => digests.sha256(&file)?,
-        None => digests::sha256(&file)?,
-    };
+    let actual = digests.sha256(&File::open(artifact)?)?;
     Ok(expected.trim() == actual)
 }
 

@@ -21,76 +21,79 @@ const PREFIX: &str = "digests-";
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 pub struct Digests {
-    /// `<parent>/digests-<boot id>`: one file per identity, holding the hex digest.
-    dir: PathBuf,
+    /// `<parent>/digests-<boot id>`: one file per identity, holding the hex
+    /// digest; None when the boot cannot be told (every file is hashed).
+    dir: Option<PathBuf>,
 }
 
 impl Digests {
-    /// The memo of this boot, kept below `parent`; None (hash every time)
-    /// when the boot cannot be told.
-    pub fn of_this_boot(parent: &Path) -> Option<Self> {
+    /// The memo of this boot, kept below `parent`; one that remembers
+    /// nothing (hash every time) when the boot cannot be told.
+    pub fn of_this_boot(parent: &Path) -> Self {
         match fs::read_to_string(BOOT_ID) {
-            Ok(boot) => Some(Digests::new(parent, boot.trim())),
+            Ok(boot) => Digests::new(parent, boot.trim()),
             Err(err) => {
                 warn!("read {BOOT_ID}: {err}: compiled code is hashed on every start");
-                None
+                Digests { dir: None }
             }
         }
     }
 
     fn new(parent: &Path, boot: &str) -> Self {
-        Digests { dir: parent.join(format!("{PREFIX}{boot}")) }
+        Digests { dir: Some(parent.join(format!("{PREFIX}{boot}"))) }
     }
 
     /// The hex sha256 of the whole file, read from its start unless this
     /// boot has hashed the file before. Leaves the file's offset anywhere.
     pub fn sha256(&self, file: &File) -> io::Result<String> {
+        let Some(dir) = &self.dir else { return sha256(file) };
         let identity = identity(file)?;
-        if let Ok(known) = fs::read_to_string(self.dir.join(&identity)) {
+        if let Ok(known) = fs::read_to_string(dir.join(&identity)) {
             if known.len() == 64 {
                 return Ok(known);
             }
         }
         let digest = sha256(file)?;
-        self.remember_identity(&identity, &digest);
+        remember_identity(dir, &identity, &digest);
         Ok(digest)
     }
 
     /// Records that `file`, as it is now, has this digest (its writer just
     /// computed it).
     pub fn remember(&self, file: &File, digest: &str) {
+        let Some(dir) = &self.dir else { return };
         match identity(file) {
-            Ok(identity) => self.remember_identity(&identity, digest),
+            Ok(identity) => remember_identity(dir, &identity, digest),
             Err(err) => warn!("remember a digest: {err}"),
         }
     }
+}
 
-    /// A memo that cannot be written only costs a hash on the next start.
-    fn remember_identity(&self, identity: &str, digest: &str) {
-        if let Err(err) = self.write(identity, digest) {
-            warn!("remember the digest of a file in {}: {err}", self.dir.display());
-        }
+/// A memo that cannot be written only costs a hash on the next start.
+fn remember_identity(dir: &Path, identity: &str, digest: &str) {
+    if let Err(err) = write(dir, identity, digest) {
+        warn!("remember the digest of a file in {}: {err}", dir.display());
     }
+}
 
-    fn write(&self, identity: &str, digest: &str) -> io::Result<()> {
-        if fs::create_dir(&self.dir).is_ok() {
-            self.forget_earlier_boots();
-        }
-        // Not synced: a crash is a new boot, which does not read this memo.
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        tmp.write_all(digest.as_bytes())?;
-        tmp.persist(self.dir.join(identity)).map_err(|e| e.error)?;
-        Ok(())
+fn write(dir: &Path, identity: &str, digest: &str) -> io::Result<()> {
+    if fs::create_dir(dir).is_ok() {
+        forget_earlier_boots(dir);
     }
+    // Not synced: a crash is a new boot, which does not read this memo.
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(digest.as_bytes())?;
+    tmp.persist(dir.join(identity)).map_err(|e| e.error)?;
+    Ok(())
+}
 
-    fn forget_earlier_boots(&self) {
-        let (Some(parent), Some(ours)) = (self.dir.parent(), self.dir.file_name()) else { return };
-        let Ok(entries) = fs::read_dir(parent) else { return };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if name != ours && name.to_string_lossy().starts_with(PREFIX) {
-                let _ = fs::remove_dir_all(entry.path());
-            }
+fn forget_earlier_boots(ours: &Path) {
+    let (Some(parent), Some(ours)) = (ours.parent(), ours.file_name()) else { return };
+    let Ok(entries) = fs::read_dir(parent) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name != ours && name.to_string_lossy().starts_with(PREFIX) {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -101,7 +104,7 @@ pub fn is_memo(path: &Path) -> bool {
 }
 
 /// The hex sha256 of the whole file, read from its start.
-pub fn sha256(file: &File) -> io::Result<String> {
+fn sha256(file: &File) -> io::Result<String> {
     let mut reader = file;
     reader.rewind()?;
     let mut hasher = Sha256::new();

@@ -12,14 +12,13 @@ import time
 import grpc
 import pytest
 
-from harness import REPO_ROOT
 import pod_http
 from kubelet import read_cri_log, v1
 from pods import Pod
 from probes import run_probe
+from test_cri import MANIFESTS
 from test_cri_pods import stdout_lines
 
-MANIFESTS = os.path.join(REPO_ROOT, "tests", "cri", "manifests")
 MANIFEST = os.path.join(MANIFESTS, "hello-http.yaml")
 
 

@@ -9,21 +9,22 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::{memory_cap, wasi_context, without_deadline, Guest, MemoryCap};
 
-/// A component's store data: its WASI context, resources and memory cap
-/// (wasi:http's store wraps it).
-pub(super) struct State {
+/// A component's store data: its WASI context, resources and memory
+/// limiter (a command's own cap; wasi:http's store wraps it with a share of
+/// the pod's budget).
+pub(super) struct State<L> {
     ctx: WasiCtx,
     pub(super) table: ResourceTable,
-    pub(super) limits: MemoryCap,
+    pub(super) limits: L,
 }
 
-impl State {
-    pub(super) fn new(guest: &Guest) -> Result<Self> {
-        Ok(State { ctx: wasi_context(guest)?.build(), table: ResourceTable::new(), limits: memory_cap(guest) })
+impl<L> State<L> {
+    pub(super) fn new(guest: &Guest, limits: L) -> Result<Self> {
+        Ok(State { ctx: wasi_context(guest)?.build(), table: ResourceTable::new(), limits })
     }
 }
 
-impl WasiView for State {
+impl<L: Send + 'static> WasiView for State<L> {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
     }
@@ -31,17 +32,17 @@ impl WasiView for State {
 
 /// An instantiated command component.
 pub struct Prepared {
-    store: Store<State>,
+    store: Store<State<MemoryCap>>,
     command: Command,
 }
 
 pub fn prepare(component: &Component, name: &str, guest: &Guest) -> Result<Prepared> {
     let engine = component.engine();
-    let mut store = Store::new(engine, State::new(guest)?);
+    let mut store = Store::new(engine, State::new(guest, memory_cap(guest))?);
     store.limiter(|s| &mut s.limits);
     without_deadline(&mut store);
 
-    let mut linker: Linker<State> = Linker::new(engine);
+    let mut linker: Linker<State<MemoryCap>> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     let command = Command::instantiate(&mut store, component, &linker)
         .map_err(|e| anyhow!("cannot run {} as a wasi:cli command: {e:#}", name))?;

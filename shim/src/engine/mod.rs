@@ -11,7 +11,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use wasmtime::component::Component;
-use wasmtime::{Config, Engine, Module, Precompiled, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Module, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::cache::{Cache, Outcome};
@@ -81,7 +81,7 @@ impl Kind {
     }
 }
 
-pub fn new_engine(kind: Kind) -> Result<Engine> {
+fn new_engine(kind: Kind) -> Result<Engine> {
     Ok(Engine::new(&config(kind))?)
 }
 
@@ -91,10 +91,11 @@ fn config(kind: Kind) -> Config {
     // privileges are dropped, and capabilities are per thread, so no
     // compiler thread may outlive it.
     let mut config = Config::new();
-    // Checks in the code let an HTTP server cut a runaway request. Only the
-    // server advances the epoch: other guests set no deadline.
-    config.epoch_interruption(true);
     if kind == Kind::Component {
+        // Checks in the code let an HTTP server cut a runaway request (only
+        // components serve HTTP). Only the server advances the epoch: a
+        // command component sets no deadline.
+        config.epoch_interruption(true);
         // A component may be served over HTTP, from slots reset after every
         // request. With guard pages the reset changes page protections,
         // which in a multithreaded process stops every core to flush its
@@ -113,31 +114,31 @@ fn without_deadline<T>(store: &mut Store<T>) {
     store.set_epoch_deadline(u64::MAX);
 }
 
-/// Loads the wasm whose sha256 is `key` (shown as `name` in errors) from the
-/// cache; on a miss, `read` gives its bytes to compile. A wasi:http handler
-/// is loaded for serving as the guest's environment `env` configures it.
-pub fn load(engine: &Engine, cache: &Cache, key: &str, read: impl FnOnce() -> Result<Vec<u8>>, name: &str, env: &[String]) -> Result<(Program, Outcome)> {
-    let (artifact, outcome) = cache.artifact(engine, key, || {
+/// Loads the wasm of `kind` whose sha256 is `key` (shown as `name` in
+/// errors) from the cache of its kind's engine; on a miss, `read` gives its
+/// bytes to compile. A wasi:http handler is loaded for serving as the
+/// guest's environment `env` configures it.
+pub fn load(kind: Kind, cache: &Cache, key: &str, read: impl FnOnce() -> Result<Vec<u8>>, name: &str, env: &[String]) -> Result<(Program, Outcome)> {
+    let engine = new_engine(kind)?;
+    let (artifact, outcome) = cache.artifact(&engine, key, || {
         let wasm = read()?;
-        let compiled = match Kind::of(&wasm) {
+        let compiled = match kind {
             Kind::Component => engine.precompile_component(&wasm),
             Kind::Module => engine.precompile_module(&wasm),
         };
         compiled.map_err(|e| anyhow!("invalid wasm module {name}: {e:#}"))
     })?;
-    let kind = Engine::detect_precompiled_file(&artifact).map_err(anyhow::Error::from).with_context(|| format!("read {}", artifact.display()))?;
     let program = match kind {
-        Some(Precompiled::Component) => {
-            let component = deserialize(&artifact, name, |path| unsafe { Component::deserialize_file(engine, path) })?;
-            if http::exports_handler(engine, &component) {
+        Kind::Component => {
+            let component = deserialize(&artifact, name, |path| unsafe { Component::deserialize_file(&engine, path) })?;
+            if http::exports_handler(&engine, &component) {
                 // Its own engine, while the cache is still reachable.
                 Program::Handler(http::Handler::load(&artifact, name, env)?)
             } else {
                 Program::Component(component)
             }
         }
-        Some(Precompiled::Module) => Program::Module(deserialize(&artifact, name, |path| unsafe { Module::deserialize_file(engine, path) })?),
-        None => bail!("{} is not compiled wasm", artifact.display()),
+        Kind::Module => Program::Module(deserialize(&artifact, name, |path| unsafe { Module::deserialize_file(&engine, path) })?),
     };
     Ok((program, outcome))
 }

@@ -5,7 +5,7 @@ use anyhow::{anyhow, Result};
 use wasmtime::{Linker, Module, Store, TypedFunc};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
-use super::{memory_cap, wasi_context, without_deadline, Guest, MemoryCap};
+use super::{memory_cap, wasi_context, Guest, MemoryCap};
 
 struct State {
     wasi: WasiP1Ctx,
@@ -25,7 +25,6 @@ pub fn prepare(module: &Module, name: &str, export: &str, guest: &Guest) -> Resu
     let wasi = wasi_context(guest)?.build_p1();
     let mut store = Store::new(engine, State { wasi, limits: memory_cap(guest) });
     store.limiter(|s| &mut s.limits);
-    without_deadline(&mut store);
 
     let mut linker: Linker<State> = Linker::new(engine);
     p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;

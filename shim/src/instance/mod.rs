@@ -59,13 +59,11 @@ fn load(source: &ModuleSource, name: &str, rootfs: &Path, env: &[String]) -> Res
         ModuleSource::Rootfs(path) => {
             let wasm = workload::read_module(rootfs, path).with_context(|| format!("read {name}"))?;
             let key = hex::encode(Sha256::digest(&wasm));
-            let engine = engine::new_engine(Kind::of(&wasm))?;
-            engine::load(&engine, &cache, &key, || Ok(wasm), name, env)
+            engine::load(Kind::of(&wasm), &cache, &key, || Ok(wasm), name, env)
         }
         ModuleSource::Layer { sha256, file, .. } => {
-            let engine = engine::new_engine(Kind::of(&preamble(file)?))?;
             let read = || std::fs::read(file).with_context(|| format!("read {}", file.display()));
-            engine::load(&engine, &cache, sha256, read, name, env)
+            engine::load(Kind::of(&preamble(file)?), &cache, sha256, read, name, env)
         }
     }
 }

@@ -45,7 +45,7 @@ impl wasip2::exports::http::incoming_handler::Guest for HelloHttp {
         }
         text += "hello from wasm over http\n";
         text += &format!("method: {}\n", method_name(&request.method()));
-        text += &format!("path: {}\n", request.path_with_query().unwrap_or_default());
+        text += &format!("path: {path}\n");
         for (name, value) in request.headers().entries() {
             if name.starts_with("x-wasmlet-") {
                 text += &format!("header {name}: {}\n", String::from_utf8_lossy(&value));

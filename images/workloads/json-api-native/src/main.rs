@@ -20,23 +20,17 @@ async fn main() -> std::io::Result<()> {
         let (client, _) = listener.accept().await?;
         client.set_nodelay(true)?;
         tokio::spawn(async move {
-            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(client), service_fn(respond)).await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(client), service_fn(respond)).await;
         });
     }
 }
 
 async fn respond(request: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (status, content_type, body) = if request.method() == Method::POST {
-        match request.into_body().collect().await {
-            Ok(body) => match json_api::invoice(&body.to_bytes()) {
-                Ok(invoice) => (200, "application/json", invoice),
-                Err(message) => (400, "text/plain", message.into_bytes()),
-            },
-            Err(err) => (400, "text/plain", format!("cannot read the body: {err}\n").into_bytes()),
-        }
-    } else {
-        (405, "text/plain", json_api::USAGE.as_bytes().to_vec())
+    let post_body = match request.method() == Method::POST {
+        true => Some(request.into_body().collect().await.map(|body| body.to_bytes()).map_err(|err| format!("cannot read the body: {err}\n"))),
+        false => None,
     };
+    let (status, content_type, body) = json_api::answer(post_body);
     let response = Response::builder().status(status).header("content-type", content_type).body(Full::new(Bytes::from(body)));
     Ok(response.expect("a valid status and header"))
 }

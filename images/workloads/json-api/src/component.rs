@@ -10,13 +10,8 @@ struct JsonApi;
 
 impl wasip2::exports::http::incoming_handler::Guest for JsonApi {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
-        let (status, content_type, body) = match request.method() {
-            Method::Post => match read_body(&request).and_then(|body| crate::invoice(&body)) {
-                Ok(invoice) => (200, "application/json", invoice),
-                Err(message) => (400, "text/plain", message.into_bytes()),
-            },
-            _ => (405, "text/plain", crate::USAGE.as_bytes().to_vec()),
-        };
+        let post_body = matches!(request.method(), Method::Post).then(|| read_body(&request));
+        let (status, content_type, body) = crate::answer(post_body);
         let headers = Fields::from_list(&[("content-type".to_string(), content_type.as_bytes().to_vec())]).unwrap();
         let response = OutgoingResponse::new(headers);
         response.set_status_code(status).unwrap();

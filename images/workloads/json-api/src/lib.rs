@@ -62,7 +62,18 @@ struct Line {
 }
 
 /// What a request asks for that is not an invoice.
-pub const USAGE: &str = "POST an order as JSON to get its invoice\n";
+const USAGE: &str = "POST an order as JSON to get its invoice\n";
+
+/// The answer to a request, (status, content type, body), for the wasm
+/// handler and its native twin alike: a POST's body (or why it could not be
+/// read) gets the invoice or a 400; any other method (None) the usage.
+pub fn answer<B: AsRef<[u8]>>(post_body: Option<Result<B, String>>) -> (u16, &'static str, Vec<u8>) {
+    match post_body.map(|body| body.and_then(|body| invoice(body.as_ref()))) {
+        Some(Ok(invoice)) => (200, "application/json", invoice),
+        Some(Err(message)) => (400, "text/plain", message.into_bytes()),
+        None => (405, "text/plain", USAGE.as_bytes().to_vec()),
+    }
+}
 
 /// The invoice for an order, as JSON; a bad order is a message for a 400.
 pub fn invoice(body: &[u8]) -> Result<Vec<u8>, String> {

@@ -86,7 +86,7 @@ pub struct Prepared {
 /// Links the handler and binds its address, so that both kinds of error
 /// fail the container's creation.
 pub fn prepare(handler: &Handler, name: &str, guest: &Guest) -> Result<Prepared> {
-    let settings = handler.settings.clone();
+    let settings = handler.settings;
     let mut linker: Linker<request::State> = Linker::new(handler.component.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
@@ -150,6 +150,9 @@ async fn serve(server: Arc<Server>, listener: std::net::TcpListener) -> Result<(
     let listener = TcpListener::from_std(listener).context("register the listening socket")?;
     let mut terminate = signal(SignalKind::terminate()).context("handle SIGTERM")?;
     let connections = GracefulShutdown::new();
+    // The timer enables hyper's limit on reading a request's head.
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new());
     loop {
         let client = tokio::select! {
             _ = terminate.recv() => break,
@@ -169,9 +172,6 @@ async fn serve(server: Arc<Server>, listener: std::net::TcpListener) -> Result<(
             let server = server.clone();
             async move { Ok::<_, std::convert::Infallible>(respond(server, request).await) }
         });
-        // The timer enables hyper's limit on reading a request's head.
-        let mut builder = http1::Builder::new();
-        builder.timer(TokioTimer::new()).keep_alive(true);
         let connection = connections.watch(builder.serve_connection(TokioIo::new(client), service));
         // A client that goes away mid-request is its own business.
         tokio::spawn(async move {

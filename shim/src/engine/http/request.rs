@@ -25,12 +25,11 @@ use crate::engine::{component, report_error, Guest};
 
 pub type Response = hyper::Response<HyperOutgoingBody>;
 
-/// A command component's store data plus wasi:http's, sharing one table,
-/// and this request's share of the pod's memory.
+/// A command component's store data, limited by this request's share of
+/// the pod's memory, plus wasi:http's, sharing one table.
 pub struct State {
-    wasi: component::State,
+    wasi: component::State<Share>,
     http: WasiHttpCtx,
-    memory: Share,
 }
 
 impl WasiView for State {
@@ -59,9 +58,9 @@ impl Template {
     fn store(&self) -> Result<Store<State>> {
         // The memory limit is the shared budget's, not each instance's.
         let guest = Guest { args: &self.args, env: &self.env, cwd: &self.cwd, memory_limit: None };
-        let state = State { wasi: component::State::new(&guest)?, http: WasiHttpCtx::new(), memory: Share::new(&self.budget) };
+        let state = State { wasi: component::State::new(&guest, Share::new(&self.budget))?, http: WasiHttpCtx::new() };
         let mut store = Store::new(self.pre.engine(), state);
-        store.limiter(|s| &mut s.memory);
+        store.limiter(|s| &mut s.wasi.limits);
         // Yield to the server at every epoch tick (see epoch.rs).
         store.epoch_deadline_async_yield_and_update(1);
         store.set_epoch_deadline(1);
@@ -87,21 +86,22 @@ enum Failure {
 }
 
 impl Failure {
-    fn response(&self, settings: &Settings) -> (Response, String) {
+    /// What the client gets.
+    fn response(&self) -> Response {
         match self {
-            Failure::Busy => (
-                plain_response(503, "server busy\n"),
-                format!("no request slot came free within {:?} ({} handled at once)", settings.timeout, settings.concurrency),
-            ),
-            Failure::TimedOut => (
-                plain_response(504, "request timed out\n"),
-                format!("the request took longer than {:?} ({TIMEOUT_ENV})", settings.timeout),
-            ),
-            Failure::OutOfMemory(err) => (
-                plain_response(500, "internal server error\n"),
-                format!("the requests in flight reached the pod's memory limit: {err:?}"),
-            ),
-            Failure::Failed(err) => (plain_response(500, "internal server error\n"), format!("{err:#}")),
+            Failure::Busy => plain_response(503, "server busy\n"),
+            Failure::TimedOut => plain_response(504, "request timed out\n"),
+            Failure::OutOfMemory(_) | Failure::Failed(_) => plain_response(500, "internal server error\n"),
+        }
+    }
+
+    /// What the pod's log says.
+    fn why(&self, settings: &Settings) -> String {
+        match self {
+            Failure::Busy => format!("no request slot came free within {:?} ({} handled at once)", settings.timeout, settings.concurrency),
+            Failure::TimedOut => format!("the request took longer than {:?} ({TIMEOUT_ENV})", settings.timeout),
+            Failure::OutOfMemory(err) => format!("the requests in flight reached the pod's memory limit: {err:?}"),
+            Failure::Failed(err) => format!("{err:#}"),
         }
     }
 }
@@ -122,11 +122,12 @@ impl From<wasmtime::Error> for Failure {
 pub async fn respond(server: Arc<Server>, request: hyper::Request<hyper::body::Incoming>) -> Response {
     let started = Instant::now();
     let settings = &server.template.settings;
-    let (method, path) = (request.method().clone(), request.uri().path().to_string());
+    // Clones share the request's buffers: no copy on the hot path.
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    let path = uri.path();
     let response = handle(&server, request).await.unwrap_or_else(|failure| {
-        let (response, why) = failure.response(settings);
-        report_error(format_args!("{method} {path}: {why}"));
-        response
+        report_error(format_args!("{method} {path}: {}", failure.why(settings)));
+        failure.response()
     });
     if settings.log_requests {
         let millis = started.elapsed().as_secs_f64() * 1000.0;
@@ -155,7 +156,7 @@ async fn handle(server: &Server, request: hyper::Request<hyper::body::Incoming>)
             proxy.wasi_http_incoming_handler().call_handle(&mut store, request, out).await
         };
         let result = timeout_at(deadline, call).await;
-        let out_of_memory = store.data().memory.reached;
+        let out_of_memory = store.data().wasi.limits.reached;
         // The instance goes back to the pool before its slot is freed.
         drop(store);
         drop((slot, ticking));
@@ -169,11 +170,10 @@ async fn handle(server: &Server, request: hyper::Request<hyper::body::Incoming>)
     match receiver.await {
         Ok(Ok(response)) => {
             // The body may still be streaming: report a failure after the head.
-            let settings = server.template.settings.clone();
+            let settings = server.template.settings;
             tokio::spawn(async move {
                 if let Ok(Err(failure)) = task.await {
-                    let (_, why) = failure.response(&settings);
-                    report_error(format_args!("after the response head: {why}"));
+                    report_error(format_args!("after the response head: {}", failure.why(&settings)));
                 }
             });
             Ok(response)

@@ -26,7 +26,7 @@ pub const MAX_WORKERS: u32 = 256;
 /// `off` silences the request log on stdout.
 pub const LOG_ENV: &str = "WASMLET_HTTP_LOG";
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Settings {
     pub addr: SocketAddr,
     pub timeout: Duration,
