@@ -18,9 +18,9 @@ def documents(cri):
     """A host directory of real Markdown: this repo's README and
     ARCHITECTURE, and a Rust source file in a fenced block, so syntax
     highlighting has work to do."""
-    with open(os.path.join(REPO_ROOT, "shim", "src", "cache.rs")) as f:
+    with open(os.path.join(REPO_ROOT, "shim", "src", "shared", "node_cache.rs")) as f:
         rust = f.read()
-    docs = host_dir(cri, "docs", {"cache.md": (f"# cache.rs\n\n```rust\n{rust}```\n", 0o644)})
+    docs = host_dir(cri, "docs", {"cache.md": (f"# node_cache.rs\n\n```rust\n{rust}```\n", 0o644)})
     for name in ("README.md", "ARCHITECTURE.md"):
         shutil.copy(os.path.join(REPO_ROOT, name), docs)
     return docs

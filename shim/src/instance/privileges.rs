@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use caps::CapSet;
 use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
-use oci_spec::runtime::User;
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
-pub fn drop_all(user: &User) -> Result<()> {
+use crate::shared::launch_plan::UserPlan;
+
+pub fn drop_all(user: &UserPlan) -> Result<()> {
     // The bounding set can only shrink while CAP_SETPCAP is still held.
     caps::clear(None, CapSet::Bounding).context("clear the capability bounding set")?;
     caps::clear(None, CapSet::Ambient).context("clear ambient capabilities")?;
@@ -34,12 +35,12 @@ pub fn ensure_single_thread() -> Result<()> {
     Ok(())
 }
 
-fn become_user(user: &User) -> Result<()> {
-    let groups: Vec<Gid> = user.additional_gids().as_deref().unwrap_or_default().iter().map(|g| Gid::from_raw(*g)).collect();
+fn become_user(user: &UserPlan) -> Result<()> {
+    let groups: Vec<Gid> = user.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
     setgroups(&groups).context("set supplementary groups")?;
-    let gid = Gid::from_raw(user.gid());
+    let gid = Gid::from_raw(user.gid);
     setresgid(gid, gid, gid).with_context(|| format!("set gid {gid}"))?;
-    let uid = Uid::from_raw(user.uid());
+    let uid = Uid::from_raw(user.uid);
     setresuid(uid, uid, uid).with_context(|| format!("set uid {uid}"))?;
     Ok(())
 }

@@ -1,55 +1,54 @@
 //! A WASI 0.2 component that exports `wasi:cli/run`: instantiate, run.
 
-
 use anyhow::{anyhow, Result};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::Store;
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::{memory_cap, wasi_context, without_deadline, Guest, MemoryCap};
+use super::guest::{memory_cap, wasi_context, without_deadline, Guest, MemoryCap};
 
 /// A component's store data: its WASI context, resources and memory
 /// limiter (a command's own cap; wasi:http's store wraps it with a share of
 /// the pod's budget).
-pub(super) struct State<L> {
+pub(super) struct ComponentState<L> {
     ctx: WasiCtx,
     pub(super) table: ResourceTable,
     pub(super) limits: L,
 }
 
-impl<L> State<L> {
+impl<L> ComponentState<L> {
     pub(super) fn new(guest: &Guest, limits: L) -> Result<Self> {
-        Ok(State { ctx: wasi_context(guest)?.build(), table: ResourceTable::new(), limits })
+        Ok(ComponentState { ctx: wasi_context(guest)?.build(), table: ResourceTable::new(), limits })
     }
 }
 
-impl<L: Send + 'static> WasiView for State<L> {
+impl<L: Send + 'static> WasiView for ComponentState<L> {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.ctx, table: &mut self.table }
     }
 }
 
 /// An instantiated command component.
-pub struct Prepared {
-    store: Store<State<MemoryCap>>,
+pub struct ReadyCommand {
+    store: Store<ComponentState<MemoryCap>>,
     command: Command,
 }
 
-pub fn prepare(component: &Component, name: &str, guest: &Guest) -> Result<Prepared> {
+pub fn prepare(component: &Component, name: &str, guest: &Guest) -> Result<ReadyCommand> {
     let engine = component.engine();
-    let mut store = Store::new(engine, State::new(guest, memory_cap(guest))?);
+    let mut store = Store::new(engine, ComponentState::new(guest, memory_cap(guest))?);
     store.limiter(|s| &mut s.limits);
     without_deadline(&mut store);
 
-    let mut linker: Linker<State<MemoryCap>> = Linker::new(engine);
+    let mut linker: Linker<ComponentState<MemoryCap>> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
     let command = Command::instantiate(&mut store, component, &linker)
         .map_err(|e| anyhow!("cannot run {} as a wasi:cli command: {e:#}", name))?;
-    Ok(Prepared { store, command })
+    Ok(ReadyCommand { store, command })
 }
 
-impl Prepared {
+impl ReadyCommand {
     /// Runs `wasi:cli/run`; its plain failure is exit code 1, as for a
     /// command. Also says whether the memory cap refused a growth.
     pub fn run(mut self) -> (wasmtime::Result<()>, bool) {

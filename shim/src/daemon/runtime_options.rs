@@ -22,9 +22,13 @@ use containerd_shim::protos::shim::oci::Options as RuncOptions;
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::cache::Cache;
+use crate::shared::node_cache::{NodeCache, DEFAULT_DIR, DEFAULT_MAX_BYTES};
 
 const RUNC_OPTIONS: &str = "containerd.runc.v1.Options";
+/// The daemon's environment (containerd's, passed down) may name the cache
+/// for runtimes configured without CacheDir / CacheMaxBytes.
+const CACHE_DIR_ENV: &str = "WASMLET_CACHE_DIR";
+const CACHE_MAX_BYTES_ENV: &str = "WASMLET_CACHE_MAX_BYTES";
 const GENERIC_OPTIONS: &str = "runtimeoptions.v1.Options";
 
 /// Keys containerd itself puts in the generic options table.
@@ -64,10 +68,19 @@ impl RuntimeOptions {
         bail!("runtime options of type {} are not understood (expected {RUNC_OPTIONS} or {GENERIC_OPTIONS})", any.type_url)
     }
 
-    /// The node cache these options choose.
-    pub fn cache(&self) -> Result<Cache> {
-        let dir = Some(self.cache_dir.as_str()).filter(|d| !d.is_empty());
-        Cache::configured(dir.map(PathBuf::from), Some(self.cache_max_bytes).filter(|&max| max > 0))
+    /// The node cache these options choose, else the daemon's environment,
+    /// else the defaults.
+    pub fn cache(&self) -> Result<NodeCache> {
+        let dir = match self.cache_dir.as_str() {
+            "" => std::env::var_os(CACHE_DIR_ENV).map_or_else(|| PathBuf::from(DEFAULT_DIR), PathBuf::from),
+            dir => PathBuf::from(dir),
+        };
+        let max_bytes = match (self.cache_max_bytes, std::env::var(CACHE_MAX_BYTES_ENV)) {
+            (0, Ok(text)) => text.parse().with_context(|| format!("{CACHE_MAX_BYTES_ENV}={text} is not a number of bytes"))?,
+            (0, Err(_)) => DEFAULT_MAX_BYTES,
+            (max, _) => max,
+        };
+        Ok(NodeCache::new(dir, max_bytes))
     }
 
     /// The generic form: the TOML inline, or in the file at ConfigPath.

@@ -21,24 +21,25 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::budget::{Budget, Share};
 use super::epoch::Clock;
 use super::settings::{Settings, TIMEOUT_ENV};
-use crate::engine::{component, report_error, Guest};
+use crate::instance::engine::component;
+use crate::instance::engine::guest::{report_error, Guest};
 
 pub type Response = hyper::Response<HyperOutgoingBody>;
 
 /// A command component's store data, limited by this request's share of
 /// the pod's memory, plus wasi:http's, sharing one table.
-pub struct State {
-    wasi: component::State<Share>,
+pub struct RequestState {
+    wasi: component::ComponentState<Share>,
     http: WasiHttpCtx,
 }
 
-impl WasiView for State {
+impl WasiView for RequestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         self.wasi.ctx()
     }
 }
 
-impl WasiHttpView for State {
+impl WasiHttpView for RequestState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
         WasiHttpCtxView { ctx: &mut self.http, table: &mut self.wasi.table, hooks: Default::default() }
     }
@@ -46,7 +47,7 @@ impl WasiHttpView for State {
 
 /// What every request's instance is given, owned for the server's life.
 pub struct Template {
-    pub pre: ProxyPre<State>,
+    pub pre: ProxyPre<RequestState>,
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
@@ -55,10 +56,10 @@ pub struct Template {
 }
 
 impl Template {
-    fn store(&self) -> Result<Store<State>> {
+    fn store(&self) -> Result<Store<RequestState>> {
         // The memory limit is the shared budget's, not each instance's.
         let guest = Guest { args: &self.args, env: &self.env, cwd: &self.cwd, memory_limit: None };
-        let state = State { wasi: component::State::new(&guest, Share::new(&self.budget))?, http: WasiHttpCtx::new() };
+        let state = RequestState { wasi: component::ComponentState::new(&guest, Share::new(&self.budget))?, http: WasiHttpCtx::new() };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.wasi.limits);
         // Yield to the server at every epoch tick (see epoch.rs).

@@ -1,8 +1,8 @@
-//! Wasm OCI artifacts. containerd's snapshotters unpack only tar layers, so
-//! a container whose image carries its wasm as a layer of its own has an
-//! empty rootfs: the shim reads that image from containerd's content store
-//! (container -> image -> manifest, an index resolved to its wasm entry ->
-//! config -> the wasm layer).
+//! Wasm OCI artifacts, read from containerd's content store. containerd's
+//! snapshotters unpack only tar layers, so a container whose image carries
+//! its wasm as a layer of its own has an empty rootfs: the daemon reads that
+//! image over containerd's gRPC API (container -> image -> manifest, an
+//! index resolved to its wasm entry -> config -> the wasm layer).
 
 use std::io::Write;
 
@@ -122,7 +122,7 @@ impl ContentStore {
             bail!("{} {digest} is {} bytes, more than a manifest or config can be", descriptor.media_type(), descriptor.size());
         }
         let mut bytes = Vec::new();
-        self.read_verified(&descriptor.media_type().to_string(), &digest, |chunk| {
+        self.read_verified(descriptor.media_type().as_ref(), &digest, |chunk| {
             bytes.extend_from_slice(chunk);
             Ok(())
         })?;

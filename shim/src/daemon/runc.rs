@@ -10,21 +10,19 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use containerd_shim::monitor::{monitor_subscribe, wait_pid, Topic};
 
-use crate::options::RuntimeOptions;
-use crate::stdio::IoPaths;
+use super::exits::Exits;
+use super::runtime_options::RuntimeOptions;
+use super::stdio::IoPaths;
 
 /// Where runc keeps container state when containerd gives no root.
 const DEFAULT_ROOT: &str = "/run/containerd/runc";
-
-/// Called with the pid of every runc command once its exit is collected,
-/// so the shim's exit table does not keep it.
-pub type ForgetPid = Arc<dyn Fn(u32) + Send + Sync>;
 
 pub struct Runc {
     binary: String,
     root: PathBuf,
     systemd_cgroup: bool,
-    forget: ForgetPid,
+    /// The shim's exits, which must not keep those of runc's own commands.
+    exits: Arc<Exits>,
 }
 
 impl std::fmt::Debug for Runc {
@@ -35,14 +33,14 @@ impl std::fmt::Debug for Runc {
 
 impl Runc {
     /// runc as configured by containerd's runtime options.
-    pub fn new(options: &RuntimeOptions, namespace: &str, forget: ForgetPid) -> Self {
+    pub fn new(options: &RuntimeOptions, namespace: &str, exits: Arc<Exits>) -> Self {
         let or_default = |value: &str, default: &str| if value.is_empty() { default.to_string() } else { value.to_string() };
         let root = or_default(&options.root, DEFAULT_ROOT);
         Runc {
             binary: or_default(&options.binary_name, "runc"),
             root: Path::new(&root).join(namespace),
             systemd_cgroup: options.systemd_cgroup,
-            forget,
+            exits,
         }
     }
 
@@ -124,7 +122,7 @@ impl Runc {
         drop(command);
         let pid = child.id();
         let code = wait_pid(pid as i32, exits);
-        (self.forget)(pid);
+        self.exits.discard(pid);
         if code != 0 {
             bail!("runc {action} failed: {}", last_error(&log_path(bundle)).unwrap_or_else(|| format!("exit code {code}")));
         }
@@ -155,21 +153,17 @@ fn last_error(log: &Path) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn forget() -> ForgetPid {
-        Arc::new(|_| {})
-    }
-
     #[test]
     fn options_choose_binary_root_and_cgroup_driver() {
         let mut options = RuntimeOptions::default();
         (options.binary_name, options.root, options.systemd_cgroup) = ("/usr/sbin/runc".into(), "/run/custom".into(), true);
-        let runc = Runc::new(&options, "k8s.io", forget());
+        let runc = Runc::new(&options, "k8s.io", Arc::default());
         assert_eq!((runc.binary.as_str(), runc.root.as_path(), runc.systemd_cgroup), ("/usr/sbin/runc", Path::new("/run/custom/k8s.io"), true));
     }
 
     #[test]
     fn defaults_without_options() {
-        let runc = Runc::new(&RuntimeOptions::default(), "default", forget());
+        let runc = Runc::new(&RuntimeOptions::default(), "default", Arc::default());
         assert_eq!((runc.binary.as_str(), runc.root.as_path()), ("runc", Path::new("/run/containerd/runc/default")));
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::workload::env_value;
+use crate::shared::launch_plan::env_value;
 
 /// Address and port to listen on.
 pub const ADDR_ENV: &str = "WASMLET_HTTP_ADDR";

@@ -1,32 +1,31 @@
 //! A core module with WASI preview 1: instantiate, find the export, run it.
 
-
 use anyhow::{anyhow, Result};
 use wasmtime::{Linker, Module, Store, TypedFunc};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
-use super::{memory_cap, wasi_context, Guest, MemoryCap};
+use super::guest::{memory_cap, wasi_context, Guest, MemoryCap};
 
-struct State {
+struct ModuleState {
     wasi: WasiP1Ctx,
     limits: MemoryCap,
 }
 
 /// An instantiated module with its entry export.
-pub struct Prepared {
-    store: Store<State>,
+pub struct ReadyModule {
+    store: Store<ModuleState>,
     /// A reactor's `_initialize`, run just before a non-`_start` export.
     init: Option<TypedFunc<(), ()>>,
     entry: TypedFunc<(), ()>,
 }
 
-pub fn prepare(module: &Module, name: &str, export: &str, guest: &Guest) -> Result<Prepared> {
+pub fn prepare(module: &Module, name: &str, export: &str, guest: &Guest) -> Result<ReadyModule> {
     let engine = module.engine();
     let wasi = wasi_context(guest)?.build_p1();
-    let mut store = Store::new(engine, State { wasi, limits: memory_cap(guest) });
+    let mut store = Store::new(engine, ModuleState { wasi, limits: memory_cap(guest) });
     store.limiter(|s| &mut s.limits);
 
-    let mut linker: Linker<State> = Linker::new(engine);
+    let mut linker: Linker<ModuleState> = Linker::new(engine);
     p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;
     let instance = linker
         .instantiate(&mut store, module)
@@ -43,10 +42,10 @@ pub fn prepare(module: &Module, name: &str, export: &str, guest: &Guest) -> Resu
     let entry = func
         .typed::<(), ()>(&store)
         .map_err(|_| anyhow!("export `{export}` of {} must take no parameters and return nothing", name))?;
-    Ok(Prepared { store, init, entry })
+    Ok(ReadyModule { store, init, entry })
 }
 
-impl Prepared {
+impl ReadyModule {
     /// Runs the export; also says whether the memory cap refused a growth.
     pub fn run(mut self) -> (wasmtime::Result<()>, bool) {
         let store = &mut self.store;

@@ -9,7 +9,6 @@ mod epoch;
 mod request;
 mod settings;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +25,9 @@ use wasmtime::{Enabled, Engine, PoolingAllocationConfig};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use super::{report_error, Guest};
+use super::guest::{report_error, Guest};
+use super::kind::{engine_config, Kind};
+use crate::instance::compiled_code::Verified;
 use budget::Budget;
 use epoch::Clock;
 use request::{respond, Server, Template};
@@ -59,16 +60,13 @@ pub struct Handler {
 }
 
 impl Handler {
-    /// Maps the compiled component (`artifact`) into a pooling engine; a bad
-    /// setting in the guest's environment `env` is an error here.
-    pub fn load(artifact: &Path, name: &str, env: &[String]) -> Result<Handler> {
+    /// Maps the compiled component into a pooling engine (compiled code does
+    /// not depend on the allocator); a bad setting in the guest's
+    /// environment `env` is an error here.
+    pub fn load(compiled: &Verified, name: &str, env: &[String]) -> Result<Handler> {
         let settings = Settings::from_env(env)?;
         let engine = pooling_engine(settings.concurrency)?;
-        // Safety: as for engine::load's engine, from whose cache it came;
-        // the compiled code does not depend on the allocator.
-        let component = unsafe { Component::deserialize_file(&engine, artifact) }
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("load compiled {name} from {}", artifact.display()))?;
+        let component = compiled.component(&engine, name)?;
         // Read while the host's /proc is still there: the cgroup's CPU quota.
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = settings.workers.unwrap_or(cpus);
@@ -77,7 +75,7 @@ impl Handler {
 }
 
 /// A linked handler and its bound listening socket.
-pub struct Prepared {
+pub struct ReadyServer {
     template: Template,
     listener: std::net::TcpListener,
     workers: usize,
@@ -85,9 +83,9 @@ pub struct Prepared {
 
 /// Links the handler and binds its address, so that both kinds of error
 /// fail the container's creation.
-pub fn prepare(handler: &Handler, name: &str, guest: &Guest) -> Result<Prepared> {
+pub fn prepare(handler: &Handler, name: &str, guest: &Guest) -> Result<ReadyServer> {
     let settings = handler.settings;
-    let mut linker: Linker<request::State> = Linker::new(handler.component.engine());
+    let mut linker: Linker<request::RequestState> = Linker::new(handler.component.engine());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     let pre = linker
@@ -104,7 +102,7 @@ pub fn prepare(handler: &Handler, name: &str, guest: &Guest) -> Result<Prepared>
         budget: Budget::new(guest.memory_limit),
         settings,
     };
-    Ok(Prepared { template, listener, workers: handler.workers })
+    Ok(ReadyServer { template, listener, workers: handler.workers })
 }
 
 /// The engine of the shim (same compiled code) with pooled instances: a
@@ -125,12 +123,12 @@ fn pooling_engine(concurrency: u32) -> Result<Engine> {
         .pagemap_scan(Enabled::Auto)
         .linear_memory_keep_resident(KEEP_RESIDENT)
         .table_keep_resident(KEEP_RESIDENT);
-    let mut config = super::config(super::Kind::Component);
+    let mut config = engine_config(Kind::Component);
     config.allocation_strategy(pool);
     Engine::new(&config).map_err(anyhow::Error::from).context("create the instance pool")
 }
 
-impl Prepared {
+impl ReadyServer {
     /// Serves until SIGTERM, then drains: exit code 0 once the requests
     /// in flight are answered.
     pub fn run(self) -> Result<()> {

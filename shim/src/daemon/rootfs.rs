@@ -1,27 +1,19 @@
 //! The container's rootfs as containerd hands it to a shim: a list of mounts
-//! (usually one overlay) to assemble at `BUNDLE/rootfs`, undone on Delete.
+//! (usually one overlay) to assemble where the spec's root says (containerd
+//! makes that `BUNDLE/rootfs`), undone on Delete.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use containerd_shim::protos::types::mount::Mount;
-use oci_spec::runtime::Spec;
 use tracing::warn;
 
-/// Where the container's `/` is on the host: the spec's root path, relative
-/// to the bundle unless absolute (containerd uses `BUNDLE/rootfs`).
-pub fn path_of(spec: &Spec, bundle: &Path) -> PathBuf {
-    let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
-    bundle.join(root)
-}
-
-/// Mounts containerd's rootfs mounts at `BUNDLE/rootfs`.
-pub fn mount(bundle: &Path, mounts: &[Mount]) -> Result<()> {
-    let target = bundle.join("rootfs");
+/// Mounts containerd's rootfs mounts at `target`.
+pub fn mount(target: &Path, mounts: &[Mount]) -> Result<()> {
     for m in mounts {
         let fs_type = Some(m.type_.as_str()).filter(|t| !t.is_empty());
         let source = Some(m.source.as_str()).filter(|s| !s.is_empty());
-        containerd_shim::mount::mount_rootfs(fs_type, source, &m.options, &target)
+        containerd_shim::mount::mount_rootfs(fs_type, source, &m.options, target)
             .with_context(|| format!("mount the container rootfs ({} {}) at {}", m.type_, m.source, target.display()))?;
     }
     Ok(())

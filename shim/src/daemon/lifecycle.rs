@@ -1,5 +1,6 @@
-//! The shim process itself: `start` (spawn or reuse the pod's shim daemon),
-//! `delete` (clean up after a shim that died), and the daemon's lifetime.
+//! The shim's life, as the containerd-shim crate drives it: `start` (spawn
+//! or reuse the pod's daemon), `delete` (clean up after a daemon that
+//! died), and the daemon's own start, logging and end.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,9 +16,11 @@ use containerd_shim::{socket_address, spawn, Config, ExitSignal, Flags, StartOpt
 use oci_spec::runtime::Spec;
 use tracing_subscriber::EnvFilter;
 
-use crate::events::Publisher;
-use crate::service::Service;
-use crate::{cgroup, rootfs};
+use super::events::Publisher;
+use super::rootfs;
+use super::service::Service;
+use super::task_record::TaskRecord;
+use crate::shared::cgroup;
 
 /// Containers carrying the same sandbox id share one shim (one per pod).
 const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
@@ -63,15 +66,18 @@ impl containerd_shim::Shim for WasmletShim {
     /// undo what Create made so that nothing is left behind.
     fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
-        let spec = Spec::load(bundle.join("config.json")).map_err(anyhow::Error::from);
-        if let Ok(Some(path)) = spec.and_then(|s| cgroup::path_of(&s)) {
+        // Without a record Create never got as far as mounting: containerd's
+        // default place is unmounted in case.
+        let record = TaskRecord::read(&bundle).unwrap_or_else(|| TaskRecord { rootfs: bundle.join("rootfs"), cgroup: None });
+        if let Some(path) = &record.cgroup {
             // The instance outlives its shim: it is found through its cgroup.
-            cgroup::kill_all(&path);
-            if let Err(err) = cgroup::remove_when_empty(&path) {
+            cgroup::kill_all(path);
+            if let Err(err) = cgroup::remove_when_empty(path) {
                 eprintln!("wasmlet: {err:#}");
             }
         }
-        rootfs::unmount(&bundle.join("rootfs"));
+        rootfs::unmount(&record.rootfs);
+        TaskRecord::remove(&bundle);
         remove_stale_socket(&socket_address(&self.address, &self.namespace, &grouping_of(&self.id)));
         Ok(DeleteResponse { exit_status: 137, exited_at: MessageField::some(timestamp()?), ..Default::default() })
     }
@@ -101,7 +107,8 @@ impl containerd_shim::Shim for WasmletShim {
 }
 
 /// The shim daemon serving a container: its pod's, or its own outside a pod.
-/// Read from `config.json` in the working directory (the bundle).
+/// Read from `config.json` in the working directory (the bundle): `start`
+/// has nothing else to go by.
 fn grouping_of(id: &str) -> String {
     Spec::load("config.json")
         .ok()

@@ -1,33 +1,16 @@
-//! The container's cgroup: created with the spec's limits, joined by the
-//! instance process, read for Stats, removed on Delete. cgroupfs driver,
-//! v1 or v2 (whichever the node runs), through cgroups-rs.
+//! The container's cgroup (cgroupfs driver, v1 or v2, whichever the node
+//! runs, through cgroups-rs): the instance creates it with the spec's limits
+//! and joins it; the daemon reads it (Stats, OOM kills, processes) and
+//! removes it on Delete.
 
-use anyhow::{bail, Context, Result};
-use cgroups_rs::fs::{hierarchies, Cgroup, MaxValue, Resources};
-use cgroups_rs::CgroupPid;
-use containerd_shim::protos::cgroups::metrics as v1;
-use containerd_shim::protos::cgroups_v2::metrics as v2;
-use containerd_shim::protos::protobuf::well_known_types::any::Any;
-
-use crate::events::pack;
 use std::path::Path;
 
-use oci_spec::runtime::{LinuxResources, Spec};
+use anyhow::{Context, Result};
+use cgroups_rs::fs::{hierarchies, Cgroup, MaxValue, Resources};
+use cgroups_rs::CgroupPid;
+use oci_spec::runtime::LinuxResources;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// The cgroup path of the spec, relative to the hierarchy root.
-/// `None` when the spec names none (the task then stays in the shim's cgroup).
-pub fn path_of(spec: &Spec) -> Result<Option<String>> {
-    let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
-        return Ok(None);
-    };
-    let path = path.to_string_lossy().to_string();
-    if path.contains(':') {
-        bail!("cgroup path {path} uses the systemd driver, which wasmlet does not support yet: configure containerd with SystemdCgroup = false");
-    }
-    Ok(Some(path.trim_start_matches('/').to_string()))
-}
 
 /// Creates the cgroup with the spec's limits and moves `pid` into it.
 pub fn create_and_join(path: &str, resources: Option<&LinuxResources>, pid: u32) -> Result<()> {
@@ -83,62 +66,8 @@ pub fn remove(path: &str) -> Result<()> {
     Ok(())
 }
 
-/// The cpu, memory and pids metrics of the cgroup, in the format containerd
-/// expects for the node's cgroup version.
-pub fn metrics(path: &str) -> Result<Any> {
-    let hierarchy = hierarchies::auto();
-    let is_v2 = hierarchy.v2();
-    let cgroup = Cgroup::load(hierarchy, path);
-    if !cgroup.exists() {
-        bail!("cgroup {path} does not exist");
-    }
-    let memory = cgroup.controller_of::<cgroups_rs::fs::memory::MemController>().map(|m| m.memory_stat());
-    let pids = cgroup.controller_of::<cgroups_rs::fs::pid::PidController>();
-    let pids_current = pids.and_then(|p| p.get_pid_current().ok()).unwrap_or(0);
-    let pids_limit = match pids.and_then(|p| p.get_pid_max().ok()) {
-        Some(MaxValue::Value(v)) => v as u64,
-        _ => 0,
-    };
-    if is_v2 {
-        let mut m = v2::Metrics::new();
-        if let Some(mem) = memory {
-            m.mut_memory().usage = mem.usage_in_bytes;
-            m.mut_memory().usage_limit = mem.limit_in_bytes.max(0) as u64;
-            m.mut_memory().max_usage = mem.max_usage_in_bytes;
-        }
-        if let Some(cpu) = cgroup.controller_of::<cgroups_rs::fs::cpu::CpuController>() {
-            let stat = cpu.cpu().stat;
-            let field = |name: &str| stat_field(&stat, name);
-            m.mut_cpu().usage_usec = field("usage_usec");
-            m.mut_cpu().user_usec = field("user_usec");
-            m.mut_cpu().system_usec = field("system_usec");
-        }
-        m.mut_pids().current = pids_current;
-        m.mut_pids().limit = pids_limit;
-        return pack("io.containerd.cgroups.v2.Metrics", &m);
-    }
-    let mut m = v1::Metrics::new();
-    if let Some(mem) = memory {
-        let usage = m.mut_memory().mut_usage();
-        usage.usage = mem.usage_in_bytes;
-        usage.limit = mem.limit_in_bytes.max(0) as u64;
-        usage.max = mem.max_usage_in_bytes;
-        usage.failcnt = mem.fail_cnt;
-        m.mut_memory().total_inactive_file = mem.stat.total_inactive_file;
-    }
-    if let Some(acct) = cgroup.controller_of::<cgroups_rs::fs::cpuacct::CpuAcctController>() {
-        let acct = acct.cpuacct();
-        // cpuacct.stat counts in USER_HZ ticks (1/100 s); containerd wants ns.
-        m.mut_cpu().mut_usage().total = acct.usage;
-        m.mut_cpu().mut_usage().user = stat_field(&acct.stat, "user") * 10_000_000;
-        m.mut_cpu().mut_usage().kernel = stat_field(&acct.stat, "system") * 10_000_000;
-    }
-    m.mut_pids().current = pids_current;
-    m.mut_pids().limit = pids_limit;
-    pack("io.containerd.cgroups.v1.Metrics", &m)
-}
-
-fn stat_field(stat: &str, name: &str) -> u64 {
+/// The value of `name` in a cgroup stat file (`name value` lines); 0 if absent.
+pub fn stat_field(stat: &str, name: &str) -> u64 {
     stat.lines()
         .filter_map(|l| l.split_once(' '))
         .find(|(k, _)| *k == name)
@@ -197,21 +126,7 @@ pub fn guest_memory_cap(limit: u64, used: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{LinuxBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, SpecBuilder};
-
-    #[test]
-    fn cgroupfs_path_is_made_relative() {
-        let linux = LinuxBuilder::default().cgroups_path("/default/task1").build().unwrap();
-        let spec = SpecBuilder::default().linux(linux).build().unwrap();
-        assert_eq!(path_of(&spec).unwrap().as_deref(), Some("default/task1"));
-    }
-
-    #[test]
-    fn systemd_path_is_refused_clearly() {
-        let linux = LinuxBuilder::default().cgroups_path("system.slice:cri:abc").build().unwrap();
-        let spec = SpecBuilder::default().linux(linux).build().unwrap();
-        assert!(path_of(&spec).unwrap_err().to_string().contains("systemd driver"));
-    }
+    use oci_spec::runtime::{LinuxMemoryBuilder, LinuxResourcesBuilder};
 
     #[test]
     fn memory_limit_comes_from_the_spec() {

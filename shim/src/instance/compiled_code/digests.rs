@@ -17,30 +17,28 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-const PREFIX: &str = "digests-";
+use crate::shared::node_cache::{is_memo_dir, NodeCache};
+
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 pub struct Digests {
-    /// `<parent>/digests-<boot id>`: one file per identity, holding the hex
-    /// digest; None when the boot cannot be told (every file is hashed).
+    /// The cache's memo directory of this boot: one file per identity,
+    /// holding the hex digest; None when the boot cannot be told (every
+    /// file is hashed).
     dir: Option<PathBuf>,
 }
 
 impl Digests {
-    /// The memo of this boot, kept below `parent`; one that remembers
-    /// nothing (hash every time) when the boot cannot be told.
-    pub fn of_this_boot(parent: &Path) -> Self {
+    /// The memo of this boot in `cache`; one that remembers nothing (hash
+    /// every time) when the boot cannot be told.
+    pub fn of_this_boot(cache: &NodeCache) -> Self {
         match fs::read_to_string(BOOT_ID) {
-            Ok(boot) => Digests::new(parent, boot.trim()),
+            Ok(boot) => Digests { dir: Some(cache.memo_dir(boot.trim())) },
             Err(err) => {
                 warn!("read {BOOT_ID}: {err}: compiled code is hashed on every start");
                 Digests { dir: None }
             }
         }
-    }
-
-    fn new(parent: &Path, boot: &str) -> Self {
-        Digests { dir: Some(parent.join(format!("{PREFIX}{boot}"))) }
     }
 
     /// The hex sha256 of the whole file, read from its start unless this
@@ -92,15 +90,10 @@ fn forget_earlier_boots(ours: &Path) {
     let Ok(entries) = fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if name != ours && name.to_string_lossy().starts_with(PREFIX) {
+        if name != ours && is_memo_dir(&entry.path()) {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
-}
-
-/// Whether `path` is a memo directory (of any boot), not a cache entry.
-pub fn is_memo(path: &Path) -> bool {
-    path.file_name().is_some_and(|name| name.to_string_lossy().starts_with(PREFIX))
 }
 
 /// The hex sha256 of the whole file, read from its start.
@@ -131,6 +124,10 @@ fn identity(file: &File) -> io::Result<String> {
 mod tests {
     use super::*;
 
+    fn memo(dir: &Path, boot: &str) -> Digests {
+        Digests { dir: Some(NodeCache::new(dir, 0).memo_dir(boot)) }
+    }
+
     fn file_with(dir: &Path, name: &str, content: &[u8]) -> (PathBuf, File) {
         let path = dir.join(name);
         fs::write(&path, content).unwrap();
@@ -141,7 +138,7 @@ mod tests {
     #[test]
     fn hashes_a_file_and_then_remembers_it() {
         let dir = tempfile::tempdir().unwrap();
-        let digests = Digests::new(dir.path(), "boot-a");
+        let digests = memo(dir.path(), "boot-a");
         let (_, file) = file_with(dir.path(), "f", b"abc");
         let expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
         assert_eq!(digests.sha256(&file).unwrap(), expected);
@@ -153,7 +150,7 @@ mod tests {
     #[test]
     fn a_changed_file_is_hashed_again() {
         let dir = tempfile::tempdir().unwrap();
-        let digests = Digests::new(dir.path(), "boot-a");
+        let digests = memo(dir.path(), "boot-a");
         let (path, file) = file_with(dir.path(), "f", b"abc");
         digests.remember(&file, &"0".repeat(64));
         // Same size, new content: the write moves mtime and ctime.
@@ -168,11 +165,10 @@ mod tests {
     fn a_new_boot_forgets_earlier_ones() {
         let dir = tempfile::tempdir().unwrap();
         let (_, file) = file_with(dir.path(), "f", b"abc");
-        let earlier = Digests::new(dir.path(), "boot-a");
+        let earlier = memo(dir.path(), "boot-a");
         earlier.remember(&file, &"0".repeat(64));
-        let now = Digests::new(dir.path(), "boot-b");
+        let now = memo(dir.path(), "boot-b");
         assert_ne!(now.sha256(&file).unwrap(), "0".repeat(64));
         assert!(!dir.path().join("digests-boot-a").exists());
-        assert!(is_memo(&dir.path().join("digests-boot-b")));
     }
 }

@@ -1,0 +1,126 @@
+//! Create: the one decision about a container. Its rootfs is mounted and
+//! its entrypoint found (in the rootfs, or as a wasm layer of its image); a
+//! native one goes to runc with its full spec, a wasm one gets its launch
+//! plan and an instance process. Whatever fails is undone.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use containerd_shim::api::CreateTaskRequest;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+use tracing::info;
+
+use super::content_store::ContentStore;
+use super::entrypoint::{self, EntryError, Entrypoint, Found};
+use super::exits::Exits;
+use super::runc::Runc;
+use super::runtime_options::RuntimeOptions;
+use super::stdio::IoPaths;
+use super::task::{remove_cgroup_when_empty, Task};
+use super::task_record::TaskRecord;
+use super::{launch, planning, rootfs};
+use crate::shared::launch_plan::ProgramSource;
+use crate::shared::node_cache::NodeCache;
+
+/// What Create needs of the daemon.
+pub struct Creator {
+    pub namespace: String,
+    /// containerd's API socket, where wasm artifacts' images are read.
+    pub containerd_address: String,
+    pub exits: Arc<Exits>,
+}
+
+/// The container as Create sees it.
+struct Container<'a> {
+    req: &'a CreateTaskRequest,
+    bundle: &'a Path,
+    spec: &'a Spec,
+    rootfs: &'a Path,
+    io: IoPaths,
+}
+
+impl Creator {
+    /// Makes the task of `req`, not yet registered anywhere.
+    pub fn create(&self, req: &CreateTaskRequest) -> Result<Task> {
+        if req.terminal {
+            bail!("a terminal (tty) is not supported for wasm tasks");
+        }
+        let bundle = Path::new(&req.bundle);
+        let spec = Spec::load(bundle.join("config.json")).context("read the OCI spec")?;
+        let rootfs = planning::rootfs_dir(&spec, bundle);
+        TaskRecord { rootfs: rootfs.clone(), cgroup: planning::cgroup_path(&spec).ok().flatten() }.write(bundle)?;
+        rootfs::mount(&rootfs, &req.rootfs)?;
+        let io = IoPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
+        let created = self.create_in(&Container { req, bundle, spec: &spec, rootfs: &rootfs, io });
+        if created.is_err() {
+            rootfs::unmount(&rootfs);
+            TaskRecord::remove(bundle);
+        }
+        created
+    }
+
+    fn create_in(&self, c: &Container) -> Result<Task> {
+        let options = RuntimeOptions::from_request(c.req.options.as_ref())?;
+        let cache = options.cache()?;
+        let process = c.spec.process().as_ref().context("the OCI spec has no process")?;
+        let args = process.args().as_deref().unwrap_or_default();
+        let entry = Entrypoint::of(args);
+        let found = match entry {
+            Some(entry) => {
+                entrypoint::resolve(c.rootfs, entry.name, process.env().as_deref().unwrap_or_default(), process.cwd().to_str().unwrap_or("/"))
+            }
+            None => Err(EntryError::NoArgs),
+        };
+        let program = match found {
+            Ok(Found::Native) => return self.create_native(c, &options),
+            Ok(Found::Wasm(path)) => ProgramSource::Rootfs { path },
+            // The rootfs of a wasm artifact is empty: its module is a layer.
+            Err(err @ (EntryError::NotFound(_) | EntryError::NoArgs)) => self.artifact_layer(&c.req.id, entry, &cache)?.ok_or(err)?,
+            Err(err) => return Err(err.into()),
+        };
+        let plan = planning::launch_plan(c.spec, c.rootfs, program, entry.unwrap_or_default(), cache)?;
+        let id = &c.req.id;
+        let cgroup = plan.cgroup.as_ref().map(|group| group.path.clone());
+        match launch::launch(c.bundle, &plan, &c.io, |line| info!(task = %id, "{line}")) {
+            Ok(launched) => Ok(Task::wasm(id.clone(), c.bundle.to_path_buf(), c.rootfs.to_path_buf(), c.io.clone(), cgroup, launched)),
+            Err((pid, err)) => {
+                if let Some(pid) = pid {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    self.exits.discard(pid);
+                }
+                if let Some(path) = &cgroup {
+                    remove_cgroup_when_empty(path);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The wasm layer of the container's image, when the image is a wasm
+    /// artifact: copied into the node cache, named by the command if it has
+    /// several.
+    fn artifact_layer(&self, container_id: &str, entry: Option<Entrypoint>, cache: &NodeCache) -> Result<Option<ProgramSource>> {
+        let store = ContentStore::connect(&self.containerd_address, &self.namespace)?;
+        let Some(layer) = store.wasm_layer(container_id, entry.map(|e| e.name))? else {
+            return Ok(None);
+        };
+        let file = cache.layer(layer.hex(), |file| store.copy_layer(&layer, file))?;
+        Ok(Some(ProgramSource::Layer { sha256: layer.hex().to_string(), image: layer.image, file }))
+    }
+
+    /// Hands a non-wasm container to runc with its full spec.
+    fn create_native(&self, c: &Container, options: &RuntimeOptions) -> Result<Task> {
+        let runc = Arc::new(Runc::new(options, &self.namespace, self.exits.clone()));
+        let id = &c.req.id;
+        let pid = runc.create(id, c.bundle, &c.io).inspect_err(|_| {
+            // runc may have kept state for the half-made container.
+            let _ = runc.delete(id, c.bundle);
+        })?;
+        // runc owns this cgroup; the path is kept for Stats.
+        let cgroup = planning::cgroup_path(c.spec).ok().flatten();
+        Ok(Task::native(id.clone(), c.bundle.to_path_buf(), c.rootfs.to_path_buf(), c.io.clone(), cgroup, pid, runc))
+    }
+}

@@ -1,0 +1,160 @@
+//! A process the shim runs and sees exit: a task's init (a wasm instance or
+//! runc's container init) or an exec. One type for both, so that Start,
+//! State, Wait and the exit behave alike whichever it is.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use containerd_shim::api::Status;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+
+use super::stdio::IoPaths;
+
+#[derive(Debug, Clone)]
+pub struct Exit {
+    pub code: u32,
+    pub at: Timestamp,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Created,
+    Running,
+    Stopped(Exit),
+}
+
+#[derive(Debug)]
+struct Lifecycle {
+    /// 0 until known: an exec gets its pid at Start.
+    pid: u32,
+    phase: Phase,
+}
+
+#[derive(Debug)]
+pub struct Process {
+    /// The task id for a task's init, the exec id for an exec.
+    pub id: String,
+    /// `task ID` or `exec ID of task ID`, for messages.
+    pub name: String,
+    pub io: IoPaths,
+    state: Mutex<Lifecycle>,
+    exited: Condvar,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0} was already started")]
+    AlreadyStarted(String),
+    #[error("{0} has already exited")]
+    Exited(String),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl Process {
+    /// A created process (`name` says what it is); `pid` is 0 when it has none yet.
+    pub fn new(id: &str, name: String, io: IoPaths, pid: u32) -> Self {
+        let state = Mutex::new(Lifecycle { pid, phase: Phase::Created });
+        Process { id: id.to_string(), name, io, state, exited: Condvar::new() }
+    }
+
+    /// Moves Created -> Running with `start`, which lets the process go and
+    /// returns its pid. The state stays locked meanwhile, so an immediate
+    /// exit is recorded after the start; a failed start leaves it Created.
+    pub fn start(&self, start: impl FnOnce() -> anyhow::Result<u32>) -> Result<u32, StartError> {
+        let mut state = self.state.lock().unwrap();
+        match state.phase {
+            Phase::Created => {}
+            Phase::Running => return Err(StartError::AlreadyStarted(self.name.clone())),
+            Phase::Stopped(_) => return Err(StartError::Exited(self.name.clone())),
+        }
+        state.pid = start()?;
+        state.phase = Phase::Running;
+        Ok(state.pid)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.state.lock().unwrap().pid
+    }
+
+    /// Records the exit and wakes every waiter.
+    pub fn exited(&self, exit: Exit) {
+        self.state.lock().unwrap().phase = Phase::Stopped(exit);
+        self.exited.notify_all();
+    }
+
+    /// The phase as containerd names it, the pid, and the exit once there is one.
+    pub fn status(&self) -> (Status, u32, Option<Exit>) {
+        let state = self.state.lock().unwrap();
+        let (status, exit) = match &state.phase {
+            Phase::Created => (Status::CREATED, None),
+            Phase::Running => (Status::RUNNING, None),
+            Phase::Stopped(exit) => (Status::STOPPED, Some(exit.clone())),
+        };
+        (status, state.pid, exit)
+    }
+
+    pub fn is_running(&self) -> bool {
+        matches!(self.state.lock().unwrap().phase, Phase::Running)
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        matches!(self.state.lock().unwrap().phase, Phase::Stopped(_))
+    }
+
+    /// Blocks until the process has exited, or until `timeout` when one is given.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<Exit> {
+        let running = |state: &mut Lifecycle| !matches!(state.phase, Phase::Stopped(_));
+        let state = self.state.lock().unwrap();
+        let state = match timeout {
+            None => self.exited.wait_while(state, running).unwrap(),
+            Some(t) => self.exited.wait_timeout_while(state, t, running).unwrap().0,
+        };
+        match &state.phase {
+            Phase::Stopped(exit) => Some(exit.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn exit(code: u32) -> Exit {
+        Exit { code, at: Timestamp::default() }
+    }
+
+    #[test]
+    fn a_process_goes_created_running_stopped() {
+        let process = Process::new("p", "task p".into(), IoPaths::default(), 0);
+        assert_eq!(process.status().0, Status::CREATED);
+        assert_eq!(process.start(|| Ok(42)).unwrap(), 42);
+        assert_eq!(process.status().0, Status::RUNNING);
+        assert!(matches!(process.start(|| Ok(43)), Err(StartError::AlreadyStarted(_))));
+        process.exited(exit(3));
+        assert_eq!(process.status().2.map(|e| e.code), Some(3));
+        assert!(matches!(process.start(|| Ok(44)), Err(StartError::Exited(_))));
+    }
+
+    #[test]
+    fn a_failed_start_leaves_it_created() {
+        let process = Process::new("p", "task p".into(), IoPaths::default(), 7);
+        assert!(matches!(process.start(|| anyhow::bail!("no")), Err(StartError::Failed(_))));
+        let (status, pid, exit) = process.status();
+        assert_eq!((status, pid, exit.is_none()), (Status::CREATED, 7, true));
+    }
+
+    #[test]
+    fn waiters_wake_on_the_exit() {
+        let process = Arc::new(Process::new("p", "task p".into(), IoPaths::default(), 1));
+        assert!(process.wait(Some(Duration::from_millis(10))).is_none());
+        let waiter = std::thread::spawn({
+            let process = process.clone();
+            move || process.wait(None).map(|e| e.code)
+        });
+        process.exited(exit(9));
+        assert_eq!(waiter.join().unwrap(), Some(9));
+    }
+}

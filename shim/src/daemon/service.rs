@@ -1,0 +1,128 @@
+//! The shim daemon's state: its tasks, the requests in flight (Shutdown
+//! never ends the daemon before they are answered), and what an exit means
+//! for a task (it is recorded, then containerd hears of it).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use containerd_shim::api::CreateTaskRequest;
+use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
+use containerd_shim::protos::protobuf::MessageField;
+use containerd_shim::ExitSignal;
+use tracing::info;
+
+use super::create::Creator;
+use super::events::Publisher;
+use super::exits::Exits;
+use super::process::{Exit, Process};
+use super::task::{Task, TaskError};
+
+pub struct Service {
+    pub publisher: Arc<Publisher>,
+    creator: Creator,
+    exits: Arc<Exits>,
+    table: Mutex<Table>,
+    shutdown: Arc<ExitSignal>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<String, Arc<Task>>,
+    /// Requests in flight (Create, Start, Kill, Delete).
+    in_flight: usize,
+    /// Shutdown came while requests were in flight: the last one ends the daemon.
+    shutdown_requested: bool,
+}
+
+/// A request in flight, until dropped.
+pub struct InFlight<'a> {
+    service: &'a Service,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut table = self.service.table.lock().unwrap();
+        table.in_flight -= 1;
+        if table.shutdown_requested && table.in_flight == 0 && table.by_id.is_empty() {
+            info!("last request answered: shim exits");
+            self.service.shutdown.signal();
+        }
+    }
+}
+
+impl Service {
+    pub fn new(namespace: String, containerd_address: String, publisher: Publisher, shutdown: Arc<ExitSignal>) -> Self {
+        let exits = Arc::new(Exits::default());
+        exits.watch_reaper().expect("subscribe to process exits");
+        let creator = Creator { namespace, containerd_address, exits: exits.clone() };
+        Service { publisher: Arc::new(publisher), creator, exits, table: Mutex::default(), shutdown }
+    }
+
+    /// Marks a request in flight until the guard is dropped.
+    pub fn busy(&self) -> InFlight<'_> {
+        self.table.lock().unwrap().in_flight += 1;
+        InFlight { service: self }
+    }
+
+    pub fn task(&self, id: &str) -> Result<Arc<Task>, TaskError> {
+        self.table.lock().unwrap().by_id.get(id).cloned().ok_or_else(|| TaskError::NoSuchTask(id.to_string()))
+    }
+
+    /// Creates the task and watches its init for its exit.
+    pub fn create(&self, req: &CreateTaskRequest) -> anyhow::Result<Arc<Task>> {
+        if self.task(&req.id).is_ok() {
+            anyhow::bail!("task {} already exists", req.id);
+        }
+        let task = Arc::new(self.creator.create(req)?);
+        let mut table = self.table.lock().unwrap();
+        table.shutdown_requested = false;
+        table.by_id.insert(task.id.clone(), task.clone());
+        drop(table);
+        self.watch(&task, &task.init);
+        Ok(task)
+    }
+
+    /// Records `process`'s exit when it comes and tells containerd: a task
+    /// that ran out of memory gets /tasks/oom first (CRI's OOMKilled).
+    pub fn watch(&self, task: &Arc<Task>, process: &Arc<Process>) {
+        let (publisher, task, process) = (self.publisher.clone(), task.clone(), process.clone());
+        let pid = process.pid();
+        self.exits.watch(pid, Box::new(move |exit: Exit| {
+            if Arc::ptr_eq(&process, &task.init) {
+                info!(task = %task.id, pid, code = exit.code, "task exited");
+                if task.ran_out_of_memory() {
+                    info!(task = %task.id, "task ran out of memory");
+                    publisher.publish(TaskOOM { container_id: task.id.clone(), ..Default::default() });
+                }
+            } else {
+                info!(task = %task.id, exec = %process.id, code = exit.code, "exec exited");
+            }
+            process.exited(exit.clone());
+            publisher.publish(TaskExit {
+                container_id: task.id.clone(),
+                id: process.id.clone(),
+                pid,
+                exit_status: exit.code,
+                exited_at: MessageField::some(exit.at),
+                ..Default::default()
+            });
+        }));
+    }
+
+    /// Cleans up after the task and forgets it.
+    pub fn remove(&self, task: &Task) {
+        task.clean_up();
+        self.table.lock().unwrap().by_id.remove(&task.id);
+    }
+
+    /// Ends the daemon once no task is left and no request is in flight.
+    pub fn shut_down(&self) {
+        let mut table = self.table.lock().unwrap();
+        if table.by_id.is_empty() && table.in_flight == 0 {
+            info!("last task gone: shim exits");
+            self.shutdown.signal();
+        } else if table.by_id.is_empty() {
+            table.shutdown_requested = true;
+        }
+    }
+}

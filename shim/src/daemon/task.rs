@@ -1,0 +1,243 @@
+//! One task (a container) as the shim tracks it: its init process and what
+//! runs it (a wasm instance or runc), its rootfs and cgroup, and the exec
+//! processes of a native container. The Task API asks it; it knows which
+//! runtime does what.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tracing::warn;
+
+use super::exec::Exec;
+use super::launch::{Launched, StartPipe};
+use super::process::{Process, StartError};
+use super::rootfs;
+use super::runc::Runc;
+use super::stdio::IoPaths;
+use super::task_record::TaskRecord;
+use crate::shared::cgroup;
+use crate::shared::status_pipe::OUT_OF_MEMORY;
+
+/// What runs the task.
+#[derive(Debug)]
+enum Runtime {
+    /// An instance process of this shim, waiting on its start pipe until
+    /// Start; its status pipe may say `oom` before it exits.
+    Wasm { start: Mutex<Option<StartPipe>>, late_report: Mutex<Option<File>> },
+    /// runc, for anything that is not wasm.
+    Native(Arc<Runc>),
+}
+
+#[derive(Debug)]
+pub struct Task {
+    pub id: String,
+    pub bundle: PathBuf,
+    /// Where containerd's rootfs is mounted, unmounted on Delete.
+    pub rootfs: PathBuf,
+    /// The task's cgroup, read for Stats and removed on Delete.
+    pub cgroup: Option<String>,
+    pub init: Arc<Process>,
+    runtime: Runtime,
+    /// Exec processes by exec id (native containers only).
+    execs: Mutex<HashMap<String, Arc<Exec>>>,
+}
+
+/// Why a request about a task was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("task {0} not found")]
+    NoSuchTask(String),
+    #[error("{0} is not supported for wasm tasks")]
+    Unsupported(&'static str),
+    #[error("a terminal (tty) for exec is not supported yet")]
+    ExecTerminal,
+    #[error("exec {0} already exists")]
+    ExecExists(String),
+    #[error("exec {exec} of task {task} not found")]
+    NoSuchExec { task: String, exec: String },
+    #[error("process {0} already finished")]
+    Finished(u32),
+    #[error("exec {0} is not running")]
+    NotRunning(String),
+    #[error("invalid signal {0}")]
+    InvalidSignal(u32),
+    #[error("{0} is still running")]
+    StillRunning(String),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("{0:#}")]
+    Failed(#[from] anyhow::Error),
+}
+
+impl Task {
+    pub fn wasm(id: String, bundle: PathBuf, rootfs: PathBuf, io: IoPaths, cgroup: Option<String>, launched: Launched) -> Self {
+        let Launched { pid, start, late_report } = launched;
+        let runtime = Runtime::Wasm { start: Mutex::new(Some(start)), late_report: Mutex::new(Some(late_report)) };
+        Task::new(id, bundle, rootfs, io, cgroup, pid, runtime)
+    }
+
+    pub fn native(id: String, bundle: PathBuf, rootfs: PathBuf, io: IoPaths, cgroup: Option<String>, pid: u32, runc: Arc<Runc>) -> Self {
+        Task::new(id, bundle, rootfs, io, cgroup, pid, Runtime::Native(runc))
+    }
+
+    fn new(id: String, bundle: PathBuf, rootfs: PathBuf, io: IoPaths, cgroup: Option<String>, pid: u32, runtime: Runtime) -> Self {
+        let init = Arc::new(Process::new(&id, format!("task {id}"), io, pid));
+        Task { id, bundle, rootfs, cgroup, init, runtime, execs: Mutex::default() }
+    }
+
+    pub fn is_wasm(&self) -> bool {
+        matches!(self.runtime, Runtime::Wasm { .. })
+    }
+
+    /// The init for an empty exec id, else that exec's process.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>, TaskError> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        Ok(self.exec(exec_id)?.process.clone())
+    }
+
+    /// Lets the init run: one byte on the instance's start pipe, or `runc start`.
+    pub fn start(&self) -> Result<u32, TaskError> {
+        let pid = self.init.pid();
+        Ok(self.init.start(|| {
+            match &self.runtime {
+                Runtime::Wasm { start, .. } => match start.lock().unwrap().take() {
+                    Some(pipe) => pipe.start()?,
+                    None => anyhow::bail!("task {} has no instance to start", self.id),
+                },
+                Runtime::Native(runc) => runc.start(&self.id, &self.bundle)?,
+            }
+            Ok(pid)
+        })?)
+    }
+
+    /// Records an exec of a native container; `process_json` is its OCI process.
+    pub fn add_exec(&self, exec_id: &str, io: IoPaths, terminal: bool, process_json: &[u8]) -> Result<(), TaskError> {
+        if self.is_wasm() {
+            return Err(TaskError::Unsupported("exec"));
+        }
+        if terminal {
+            return Err(TaskError::ExecTerminal);
+        }
+        let mut execs = self.execs.lock().unwrap();
+        if execs.contains_key(exec_id) {
+            return Err(TaskError::ExecExists(exec_id.to_string()));
+        }
+        let exec = Exec::new(&self.bundle, &self.id, exec_id, io, process_json)?;
+        execs.insert(exec_id.to_string(), Arc::new(exec));
+        Ok(())
+    }
+
+    /// Runs an exec through `runc exec`; returns its process.
+    pub fn start_exec(&self, exec_id: &str) -> Result<Arc<Process>, TaskError> {
+        let Runtime::Native(runc) = &self.runtime else { return Err(TaskError::Unsupported("exec")) };
+        let exec = self.exec(exec_id)?;
+        exec.process.start(|| exec.run(runc, &self.id, &self.bundle))?;
+        Ok(exec.process.clone())
+    }
+
+    /// Forgets a finished exec and removes its files.
+    pub fn remove_exec(&self, exec_id: &str) -> Result<Arc<Process>, TaskError> {
+        let exec = self.exec(exec_id)?;
+        if exec.process.is_running() {
+            return Err(TaskError::StillRunning(exec.process.name.clone()));
+        }
+        self.execs.lock().unwrap().remove(exec_id);
+        exec.remove_files();
+        Ok(exec.process.clone())
+    }
+
+    /// Sends `signal` to the init (through runc for a native container, to
+    /// all its processes with `all`) or to an exec.
+    pub fn kill(&self, exec_id: &str, signal: u32, all: bool) -> Result<(), TaskError> {
+        let process = self.process(exec_id)?;
+        if !exec_id.is_empty() && !process.is_running() {
+            return Err(TaskError::NotRunning(exec_id.to_string()));
+        }
+        if exec_id.is_empty() && process.is_stopped() {
+            return Err(TaskError::Finished(process.pid()));
+        }
+        let signal = Signal::try_from(signal as i32).map_err(|_| TaskError::InvalidSignal(signal))?;
+        match &self.runtime {
+            Runtime::Native(runc) if exec_id.is_empty() => runc.kill(&self.id, &self.bundle, signal as i32, all)?,
+            _ => {
+                let pid = process.pid();
+                kill(Pid::from_raw(pid as i32), signal).map_err(|e| anyhow::anyhow!("kill {pid}: {e}"))?
+            }
+        }
+        Ok(())
+    }
+
+    /// The task's processes: a native container's whole cgroup (it may
+    /// have forked); a wasm task is its instance.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = match (&self.runtime, &self.cgroup) {
+            (Runtime::Native(_), Some(path)) => cgroup::pids(path),
+            _ => vec![],
+        };
+        if pids.is_empty() {
+            pids.push(self.init.pid());
+        }
+        pids
+    }
+
+    /// Whether the task ran out of memory: its instance said so, or the
+    /// kernel's OOM killer acted in its cgroup. Asked once, after the exit.
+    pub fn ran_out_of_memory(&self) -> bool {
+        let mut said = String::new();
+        if let Runtime::Wasm { late_report, .. } = &self.runtime {
+            if let Some(mut report) = late_report.lock().unwrap().take() {
+                let _ = report.read_to_string(&mut said);
+            }
+        }
+        said.lines().any(|l| l == OUT_OF_MEMORY) || self.cgroup.as_deref().is_some_and(cgroup::oom_killed)
+    }
+
+    /// Refuses a running task; a created or stopped one may be deleted.
+    pub fn check_deletable(&self) -> Result<(), TaskError> {
+        match self.init.is_running() {
+            true => Err(TaskError::StillRunning(self.init.name.clone())),
+            false => Ok(()),
+        }
+    }
+
+    /// Removes what the task made: runc's container, a process that never
+    /// started (killed), the cgroup, the rootfs mount and the task record.
+    pub fn clean_up(&self) {
+        if let Runtime::Native(runc) = &self.runtime {
+            if let Err(err) = runc.delete(&self.id, &self.bundle) {
+                warn!(task = %self.id, "{err:#}");
+            }
+        }
+        if !self.init.is_stopped() {
+            let _ = kill(Pid::from_raw(self.init.pid() as i32), Signal::SIGKILL);
+            if self.init.wait(Some(Duration::from_secs(10))).is_none() {
+                warn!(task = %self.id, "init process did not exit after SIGKILL");
+            }
+        }
+        if let Some(path) = &self.cgroup {
+            remove_cgroup_when_empty(path);
+        }
+        rootfs::unmount(&self.rootfs);
+        TaskRecord::remove(&self.bundle);
+    }
+
+    fn exec(&self, exec_id: &str) -> Result<Arc<Exec>, TaskError> {
+        let missing = || TaskError::NoSuchExec { task: self.id.clone(), exec: exec_id.to_string() };
+        self.execs.lock().unwrap().get(exec_id).cloned().ok_or_else(missing)
+    }
+}
+
+/// Removes a cgroup a task left, logging what cannot be removed.
+pub fn remove_cgroup_when_empty(path: &str) {
+    if let Err(err) = cgroup::remove_when_empty(path) {
+        warn!("{err:#}");
+    }
+}

@@ -1,0 +1,9 @@
+//! What both processes use: the launch plan the daemon hands an instance,
+//! the pipes between them, the node cache, the container's cgroup, and the
+//! allocator's tuning. Nothing here reaches into `daemon` or `instance`.
+
+pub mod allocator;
+pub mod cgroup;
+pub mod launch_plan;
+pub mod node_cache;
+pub mod status_pipe;
