@@ -18,7 +18,7 @@ help:
 	@echo "  release static, stripped shim and node installer, their image and"
 	@echo "          SHA256SUMS in out/release (images/release.sh)"
 	@echo "  images  build test images into out/images/*.tar (images/build.sh)"
-	@echo "  unit    run the Rust unit tests"
+	@echo "  unit    run the Rust unit tests and the shim tree's checks (tests/structure)"
 	@echo "  chart   render, lint and validate charts/wasmlet (tests/chart)"
 	@echo "  e2e     run the end-to-end tests against a private containerd, once per"
 	@echo "          version in CONTAINERD_VERSIONS (default: $(CONTAINERD_VERSIONS))"
@@ -45,6 +45,7 @@ images:
 
 unit:
 	cargo test --release --workspace
+	python3 -m pytest -q tests/structure
 
 chart: deps
 	python3 -m pytest -v tests/chart
