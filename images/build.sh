@@ -34,7 +34,10 @@ COMRAK_ROOT="$OUT/comrak"
 COMRAK_WASM="$COMRAK_ROOT/wasm32-wasip1/bin/comrak.wasm"
 COMRAK_NATIVE="$COMRAK_ROOT/x86_64-unknown-linux-gnu/bin/comrak"
 
-WASM_WORKLOADS=(hello exit-code trap sleep files memory-hog)
+WASM_WORKLOADS=(hello exit-code trap sleep files memory-hog probe)
+# Core modules written as text (images/wat), for what Rust does not emit:
+# start functions. Assembled with wabt's wat2wasm.
+WAT_MODULES=(start-reader start-loop)
 # WASI 0.2 components (wasm32-wasip2): commands, and wasi:http handlers
 # (libraries, so cargo names their file with underscores).
 COMPONENT_WORKLOADS=(tcp-hello)
@@ -58,9 +61,12 @@ ensure_tools() {
         fi
     done
     # The plain `busybox` package is dynamically linked; we need the static one.
-    if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed"; then
-        apt_install busybox-static
-    fi
+    local package
+    for package in busybox-static wabt; do
+        if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed"; then
+            apt_install "$package"
+        fi
+    done
 }
 
 # Runs in a subshell so the cd stays local; cargo then uses the workloads
@@ -116,6 +122,12 @@ pack_wasm_images() {
     for name in "${HTTP_WORKLOADS[@]}"; do
         pack --name "wasmlet.test/$name:latest" --out "$IMAGES/$name.tar" \
             --file "/$name.wasm=$COMPONENT_DIR/${name//-/_}.wasm" --entrypoint "/$name.wasm"
+    done
+    mkdir -p "$SCRATCH"
+    for name in "${WAT_MODULES[@]}"; do
+        wat2wasm -o "$SCRATCH/$name.wasm" "$HERE/wat/$name.wat"
+        pack --name "wasmlet.test/$name:latest" --out "$IMAGES/$name.tar" \
+            --file "/$name.wasm=$SCRATCH/$name.wasm" --entrypoint "/$name.wasm"
     done
     pack --name wasmlet.test/json-api:latest --out "$IMAGES/json-api.tar" \
         --file "/json-api.wasm=$JSON_API_WASM" --entrypoint /json-api.wasm

@@ -9,8 +9,9 @@ Example:
       --file /hello.wasm=target/wasm32-wasip1/release/hello.wasm \
       --entrypoint /hello.wasm --out out/images/hello.tar
 
---file DST=SRC, --link DST=TARGET, --env K=V, --entrypoint ARG and
---cmd ARG may all be repeated; entrypoint and cmd args are kept in order.
+--file DST=SRC, --link DST=TARGET, --device DST=c:MAJOR:MINOR (or b: for a
+block device), --env K=V, --entrypoint ARG and --cmd ARG may all be
+repeated; entrypoint and cmd args are kept in order.
 """
 
 import argparse
@@ -71,14 +72,16 @@ def parent_dirs(names):
     return dirs
 
 
-def build_layer_tar(files, links):
-    """Uncompressed layer tar. files: {name: src path}, links: {name: target}."""
-    clash = set(files) & set(links)
+def build_layer_tar(files, links, devices=None):
+    """Uncompressed layer tar. files: {name: src path}, links: {name: target},
+    devices: {name: (tarfile.CHRTYPE or BLKTYPE, major, minor)}."""
+    devices = devices or {}
+    clash = (set(files) & set(links)) | (set(devices) & (set(files) | set(links)))
     if clash:
-        sys.exit(f"pack.py: both file and link: {sorted(clash)}")
+        sys.exit(f"pack.py: more than one entry for {sorted(clash)}")
 
     entries = {}
-    for name in parent_dirs(list(files) + list(links)):
+    for name in parent_dirs(list(files) + list(links) + list(devices)):
         entries[name] = (new_member(name, tarfile.DIRTYPE, 0o755), None)
     for name, src in files.items():
         with open(src, "rb") as f:
@@ -90,6 +93,10 @@ def build_layer_tar(files, links):
     for name, target in links.items():
         member = new_member(name, tarfile.SYMTYPE, 0o777)
         member.linkname = target
+        entries[name] = (member, None)
+    for name, (kind, major, minor) in devices.items():
+        member = new_member(name, kind, 0o666)
+        member.devmajor, member.devminor = major, minor
         entries[name] = (member, None)
 
     buf = io.BytesIO()
@@ -153,6 +160,16 @@ def write_archive(out, blobs, index):
     os.replace(tmp, out)
 
 
+def device_numbers(text):
+    """'c:1:3' or 'b:254:0' as (tar type, major, minor)."""
+    kind, _, numbers = text.partition(":")
+    major, _, minor = numbers.partition(":")
+    types = {"c": tarfile.CHRTYPE, "b": tarfile.BLKTYPE}
+    if kind not in types or not major.isdigit() or not minor.isdigit():
+        sys.exit(f"pack.py: --device must look like DST=c:MAJOR:MINOR or DST=b:MAJOR:MINOR, got {text!r}")
+    return types[kind], int(major), int(minor)
+
+
 def ref_tag(name):
     """The tag of a reference ('latest' in 'example.com:5000/a/b:latest')."""
     last = name.rsplit("/", 1)[-1]
@@ -162,10 +179,11 @@ def ref_tag(name):
 def pack(args):
     files = {image_path(d): s for d, s in (split_pair(f, "--file") for f in args.file)}
     links = {image_path(d): t for d, t in (split_pair(l, "--link") for l in args.link)}
+    devices = {image_path(d): device_numbers(n) for d, n in (split_pair(v, "--device") for v in args.device)}
     for pair in args.env:
         split_pair(pair, "--env")
 
-    layer_tar = build_layer_tar(files, links)
+    layer_tar = build_layer_tar(files, links, devices)
     # mtime=0 keeps the gzip header free of the current time.
     layer = gzip.compress(layer_tar, compresslevel=9, mtime=0)
     config = to_json(image_config(args, digest(layer_tar)))
@@ -194,6 +212,8 @@ def parse_args(argv):
                    help="copy host file SRC to DST in the image (mode kept)")
     p.add_argument("--link", action="append", default=[], metavar="DST=TARGET",
                    help="symlink DST -> TARGET in the image")
+    p.add_argument("--device", action="append", default=[], metavar="DST=c|b:MAJOR:MINOR",
+                   help="a character or block device node DST in the image")
     p.add_argument("--entrypoint", action="append", default=[], metavar="ARG",
                    help="one Entrypoint element (repeat for more)")
     p.add_argument("--cmd", action="append", default=[], metavar="ARG",
@@ -202,8 +222,8 @@ def parse_args(argv):
     p.add_argument("--arch", default="amd64")
     p.add_argument("--os", default="linux")
     args = p.parse_args(argv)
-    if not args.file and not args.link:
-        p.error("nothing to pack: give at least one --file or --link")
+    if not args.file and not args.link and not args.device:
+        p.error("nothing to pack: give at least one --file, --link or --device")
     return args
 
 

@@ -20,11 +20,12 @@ WEBSOCKET_CLIENT=websocket-client==1.9.2
 # The chart tests: Helm 4's Go SDK, to render and lint charts/wasmlet with
 # no helm binary, and the Kubernetes 1.25-1.37 schemas to validate it.
 CHART_TOOLS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0)
+# wabt (wat2wasm) assembles the test modules written as text (images/wat);
 # jq and iproute2 for the test CNI plugin (tests/cri/cni/wasmlet-loopback);
 # wrk loads the HTTP servers in `make bench`; musl-tools (musl-gcc) and
 # binutils (strip, readelf) build and check the static release; openssl
 # makes the certificates of the installer tests' stand-in API server.
-APT_PACKAGES=(containerd runc protobuf-compiler busybox-static jq iproute2 wrk musl-tools binutils openssl)
+APT_PACKAGES=(containerd runc protobuf-compiler busybox-static wabt jq iproute2 wrk musl-tools binutils openssl)
 # The workloads, and the static release (`make release`).
 RUST_TARGETS=(wasm32-wasip1 wasm32-wasip2 x86_64-unknown-linux-musl)
 

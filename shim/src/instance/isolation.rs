@@ -3,16 +3,15 @@
 //! with its mounts, and the hostname.
 
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
-use cap_std::ambient_authority;
-use cap_std::fs::Dir;
+use anyhow::{Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::unistd::{chdir, pivot_root, sethostname};
 
-use crate::shared::launch_plan::{MountFlags, MountKind, MountPlan, NamespaceKind, NamespacePlan};
+use super::mounts::{self, Root, TargetKind};
+use crate::shared::launch_plan::{MountKind, MountPlan, NamespaceKind, NamespacePlan};
 
 /// Joins the namespaces the plan names by path, in its order, creates the
 /// ones it asks for, and always creates a mount namespace of our own.
@@ -64,19 +63,20 @@ fn clone_flag(kind: NamespaceKind) -> CloneFlags {
 }
 
 /// Makes `rootfs` the process's `/`, with the plan's bind and tmpfs mounts
-/// in it, read-only where the plan says.
+/// in it (see mounts.rs), read-only where the plan says, and no device
+/// node openable anywhere in it.
 pub fn enter_rootfs(rootfs: &Path, readonly: bool, mounts: &[MountPlan]) -> Result<()> {
     // Nothing we mount may propagate back to the host.
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>).context("make / a slave mount")?;
     mount(Some(rootfs), rootfs, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .with_context(|| format!("bind the rootfs {}", rootfs.display()))?;
-    let root = Dir::open_ambient_dir(rootfs, ambient_authority()).with_context(|| format!("open rootfs {}", rootfs.display()))?;
+    mounts::without_devices(rootfs)?;
+    let root = Root::open(rootfs)?;
     for m in mounts {
-        mount_one(&root, rootfs, m).with_context(|| format!("mount {}", m.destination.display()))?;
+        mount_one(&root, m).with_context(|| format!("mount {}", m.destination.display()))?;
     }
     if readonly {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        mount(None::<&str>, rootfs, None::<&str>, flags, None::<&str>).context("make the rootfs read-only")?;
+        mounts::read_only(rootfs)?;
     }
     chdir(rootfs).context("enter the rootfs")?;
     pivot_root(".", ".").context("pivot_root into the rootfs")?;
@@ -85,69 +85,13 @@ pub fn enter_rootfs(rootfs: &Path, readonly: bool, mounts: &[MountPlan]) -> Resu
     Ok(())
 }
 
-fn ms_flags(flags: MountFlags) -> MsFlags {
-    let mut ms = MsFlags::empty();
-    ms.set(MsFlags::MS_RDONLY, flags.readonly);
-    ms.set(MsFlags::MS_NOSUID, flags.nosuid);
-    ms.set(MsFlags::MS_NODEV, flags.nodev);
-    ms.set(MsFlags::MS_NOEXEC, flags.noexec);
-    ms
-}
-
-fn mount_one(root: &Dir, rootfs: &Path, m: &MountPlan) -> Result<()> {
-    let flags = ms_flags(m.flags);
+fn mount_one(root: &Root, m: &MountPlan) -> Result<()> {
     match &m.kind {
         MountKind::Bind { source, recursive } => {
-            if !source.exists() {
-                bail!("bind source {} does not exist", source.display());
-            }
-            let target = make_target(root, rootfs, &m.destination, source.is_dir())?;
-            let bind = if *recursive { MsFlags::MS_BIND | MsFlags::MS_REC } else { MsFlags::MS_BIND };
-            mount(Some(source), &target, None::<&str>, bind, None::<&str>)?;
-            if !flags.is_empty() {
-                // Bind mounts take ro/nosuid/... only on a remount.
-                let again = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags;
-                mount(None::<&str>, &target, None::<&str>, again, None::<&str>).context("apply mount options")?;
-            }
+            let is_dir = std::fs::metadata(source).with_context(|| format!("bind source {}", source.display()))?.is_dir();
+            let target = root.target(&m.destination, if is_dir { TargetKind::Dir } else { TargetKind::File })?;
+            mounts::bind(source, &target, *recursive, m.flags)
         }
-        MountKind::Tmpfs { data } => {
-            let target = make_target(root, rootfs, &m.destination, true)?;
-            mount(Some("tmpfs"), &target, Some("tmpfs"), flags, Some(data.as_str()))?;
-        }
-    }
-    Ok(())
-}
-
-/// Creates the mount point inside the rootfs (a directory, or a file for a
-/// file mount) and returns its host path; symlinks resolve inside the rootfs.
-fn make_target(root: &Dir, rootfs: &Path, destination: &Path, is_dir: bool) -> Result<PathBuf> {
-    let relative = destination.strip_prefix("/").unwrap_or(destination);
-    if is_dir {
-        root.create_dir_all(relative)?;
-    } else {
-        if let Some(parent) = relative.parent().filter(|p| !p.as_os_str().is_empty()) {
-            root.create_dir_all(parent)?;
-        }
-        if !root.exists(relative) {
-            root.create(relative)?;
-        }
-    }
-    let resolved = root.canonicalize(relative)?;
-    Ok(rootfs.join(resolved))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_targets_stay_inside_the_rootfs() {
-        let dir = tempfile::tempdir().unwrap();
-        std::os::unix::fs::symlink("/tmp", dir.path().join("link")).unwrap();
-        let root = Dir::open_ambient_dir(dir.path(), ambient_authority()).unwrap();
-        assert!(make_target(&root, dir.path(), Path::new("/link/x"), true).is_err());
-        let file = make_target(&root, dir.path(), Path::new("/etc/hosts"), false).unwrap();
-        assert_eq!(file, dir.path().join("etc/hosts"));
-        assert!(file.is_file());
+        MountKind::Tmpfs { data } => mounts::tmpfs(data, &root.target(&m.destination, TargetKind::Dir)?, m.flags),
     }
 }

@@ -7,6 +7,7 @@
 mod compiled_code;
 mod engine;
 mod isolation;
+mod mounts;
 mod privileges;
 mod setup;
 mod termination;

@@ -1,12 +1,14 @@
-//! A WASI 0.2 component that exports `wasi:cli/run`: instantiate, run.
+//! A WASI 0.2 component that exports `wasi:cli/run`. At Create it is only
+//! linked: instantiating runs its core instances' start functions, guest
+//! code, which waits for Start and for every privilege to be gone.
 
 use anyhow::{anyhow, Result};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::Store;
-use wasmtime_wasi::p2::bindings::sync::Command;
+use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::guest::{memory_cap, wasi_context, without_deadline, Guest, MemoryCap};
+use super::guest::{guest_limits, wasi_context, without_deadline, Guest, GuestLimits};
 
 /// A component's store data: its WASI context, resources and memory
 /// limiter (a command's own cap; wasi:http's store wraps it with a share of
@@ -29,30 +31,34 @@ impl<L: Send + 'static> WasiView for ComponentState<L> {
     }
 }
 
-/// An instantiated command component.
+/// A linked command component.
 pub struct ReadyCommand {
-    store: Store<ComponentState<MemoryCap>>,
-    command: Command,
+    store: Store<ComponentState<GuestLimits>>,
+    pre: CommandPre<ComponentState<GuestLimits>>,
 }
 
 pub fn prepare(component: &Component, name: &str, guest: &Guest) -> Result<ReadyCommand> {
     let engine = component.engine();
-    let mut store = Store::new(engine, ComponentState::new(guest, memory_cap(guest))?);
+    let mut store = Store::new(engine, ComponentState::new(guest, guest_limits(guest))?);
     store.limiter(|s| &mut s.limits);
     without_deadline(&mut store);
 
-    let mut linker: Linker<ComponentState<MemoryCap>> = Linker::new(engine);
+    let mut linker: Linker<ComponentState<GuestLimits>> = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-    let command = Command::instantiate(&mut store, component, &linker)
-        .map_err(|e| anyhow!("cannot run {} as a wasi:cli command: {e:#}", name))?;
-    Ok(ReadyCommand { store, command })
+    let pre = linker
+        .instantiate_pre(component)
+        .and_then(CommandPre::new)
+        .map_err(|e| anyhow!("cannot run {name} as a wasi:cli command: {e:#}"))?;
+    Ok(ReadyCommand { store, pre })
 }
 
 impl ReadyCommand {
-    /// Runs `wasi:cli/run`; its plain failure is exit code 1, as for a
-    /// command. Also says whether the memory cap refused a growth.
+    /// Instantiates the component and runs `wasi:cli/run`; its plain
+    /// failure is exit code 1, as for a command. Also says whether the
+    /// memory cap refused a growth.
     pub fn run(mut self) -> (wasmtime::Result<()>, bool) {
-        let result = match self.command.wasi_cli_run().call_run(&mut self.store) {
+        let run = self.pre.instantiate(&mut self.store).and_then(|command| command.wasi_cli_run().call_run(&mut self.store));
+        let result = match run {
             Ok(Ok(())) => Ok(()),
             Ok(Err(())) => Err(wasmtime_wasi::I32Exit(1).into()),
             Err(err) => Err(err),

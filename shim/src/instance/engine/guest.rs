@@ -1,11 +1,11 @@
 //! What a guest is given, whatever its kind: argv, env, stdio, `/` and the
-//! pod's network as its WASI context, and its memory cap; and how a
-//! failure reaches its stderr.
+//! pod's network as its WASI context, and the limits of its store; and how
+//! a failure reaches its stderr.
 
 use std::io::Write;
 
 use anyhow::{Context, Result};
-use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 /// What the guest is given: argv, environment, working directory, memory cap.
@@ -16,21 +16,84 @@ pub struct Guest<'a> {
     pub memory_limit: Option<u64>,
 }
 
-/// The store's limits, remembering whether a growth was refused by them.
-pub struct MemoryCap {
-    limits: StoreLimits,
+/// Core instances a store may hold (a component holds several).
+const MAX_INSTANCES: usize = 1_000;
+/// Memories and tables a store may hold.
+const MAX_MEMORIES: usize = 100;
+const MAX_TABLES: usize = 1_000;
+/// Elements one table may grow to.
+const MAX_TABLE_ELEMENTS: usize = 1 << 22;
+/// What a table element costs the allowance (a reference is a pointer).
+const TABLE_ELEMENT_BYTES: usize = 8;
+
+/// Bytes a store may still take: a cap of its own, or a share of a budget.
+pub trait Allowance: Send + 'static {
+    /// Takes `bytes` if they fit.
+    fn take(&mut self, bytes: usize) -> bool;
+}
+
+/// A store's own cap on bytes; `None` is no cap.
+pub struct Cap(Option<usize>);
+
+impl Allowance for Cap {
+    fn take(&mut self, bytes: usize) -> bool {
+        match &mut self.0 {
+            None => true,
+            Some(left) if bytes <= *left => {
+                *left -= bytes;
+                true
+            }
+            Some(_) => false,
+        }
+    }
+}
+
+/// The limiter of one store: all its memories and tables draw from one
+/// allowance, and the number of instances, memories and tables is bounded,
+/// so that no shape of module or component multiplies the cap. Remembers
+/// whether the allowance refused a growth.
+pub struct GuestLimits<A = Cap> {
+    allowance: A,
     pub reached: bool,
 }
 
-impl ResourceLimiter for MemoryCap {
+impl<A: Allowance> GuestLimits<A> {
+    pub fn new(allowance: A) -> Self {
+        GuestLimits { allowance, reached: false }
+    }
+
+    fn take(&mut self, bytes: usize) -> bool {
+        let taken = self.allowance.take(bytes);
+        self.reached |= !taken;
+        taken
+    }
+}
+
+impl<A: Allowance> ResourceLimiter for GuestLimits<A> {
     fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        let allowed = self.limits.memory_growing(current, desired, maximum)?;
-        self.reached |= !allowed;
-        Ok(allowed)
+        if maximum.is_some_and(|max| desired > max) {
+            return Ok(false);
+        }
+        Ok(self.take(desired.saturating_sub(current)))
     }
 
     fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
+        if maximum.is_some_and(|max| desired > max) || desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        Ok(self.take(desired.saturating_sub(current).saturating_mul(TABLE_ELEMENT_BYTES)))
+    }
+
+    fn instances(&self) -> usize {
+        MAX_INSTANCES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 }
 
@@ -58,13 +121,9 @@ pub fn wasi_context(guest: &Guest) -> Result<WasiCtxBuilder> {
     Ok(builder)
 }
 
-/// The store limits of a guest: its memory cap, if any.
-pub fn memory_cap(guest: &Guest) -> MemoryCap {
-    let mut limits = StoreLimitsBuilder::new();
-    if let Some(bytes) = guest.memory_limit {
-        limits = limits.memory_size(bytes as usize);
-    }
-    MemoryCap { limits: limits.build(), reached: false }
+/// The limits of a guest's store: its memory cap, if any.
+pub fn guest_limits(guest: &Guest) -> GuestLimits {
+    GuestLimits::new(Cap(guest.memory_limit.map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX))))
 }
 
 /// No epoch deadline: for guests that run to their end.
@@ -87,6 +146,25 @@ fn split_env(env: &[String]) -> Vec<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memories_and_tables_share_one_cap() {
+        let mut limits = GuestLimits::new(Cap(Some(3 << 16)));
+        assert!(limits.memory_growing(0, 2 << 16, None).unwrap());
+        assert!(!limits.memory_growing(0, 2 << 16, None).unwrap(), "a second memory of 2 pages exceeds 3 pages in all");
+        assert!(limits.reached);
+        assert!(limits.table_growing(0, 1000, None).unwrap(), "8000 bytes of table fit the page left");
+        assert!(!limits.table_growing(0, 1 << 13, None).unwrap());
+    }
+
+    #[test]
+    fn counts_and_table_sizes_are_bounded_even_without_a_cap() {
+        let mut limits = GuestLimits::new(Cap(None));
+        assert!(!limits.table_growing(0, MAX_TABLE_ELEMENTS + 1, None).unwrap());
+        assert!(!limits.memory_growing(0, 2, Some(1)).unwrap());
+        assert!(!limits.reached, "a declared maximum is not the cap");
+        assert_eq!((limits.instances(), limits.memories(), limits.tables()), (MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES));
+    }
 
     #[test]
     fn env_entries_split_on_first_equals() {

@@ -166,6 +166,25 @@ mod tests {
     }
 
     #[test]
+    fn start_functions_run_at_run_not_at_prepare() {
+        // Had prepare instantiated the module, its proc_exit would fail it.
+        let wat = r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory (export "memory") 1)
+            (func $start (call $exit (i32.const 7)))
+            (start $start)
+            (func (export "_start")))"#;
+        assert_eq!(run_wat(wat, "_start", None).unwrap(), 7);
+    }
+
+    #[test]
+    fn the_memory_cap_covers_every_memory_of_the_module() {
+        let wat = r#"(module (memory 2) (memory 2) (func (export "_start")))"#;
+        assert_eq!(run_wat(wat, "_start", Some(3 << 16)).unwrap(), OUT_OF_MEMORY_EXIT_CODE);
+        assert_eq!(run_wat(wat, "_start", Some(4 << 16)).unwrap(), 0);
+    }
+
+    #[test]
     fn trap_gives_trap_exit_code() {
         let wat = r#"(module (func (export "_start") unreachable))"#;
         assert_eq!(run_wat(wat, "_start", None).unwrap(), TRAP_EXIT_CODE);

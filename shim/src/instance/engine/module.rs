@@ -1,58 +1,60 @@
-//! A core module with WASI preview 1: instantiate, find the export, run it.
+//! A core module with WASI preview 1. At Create it is linked (its imports
+//! resolved, its export checked) but not instantiated: instantiation runs
+//! the module's start function, which is guest code, so it happens in
+//! `run`, after Start and after every privilege is gone.
 
-use anyhow::{anyhow, Result};
-use wasmtime::{Linker, Module, Store, TypedFunc};
+use anyhow::{anyhow, bail, Result};
+use wasmtime::{ExternType, InstancePre, Linker, Module, Store};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
 
-use super::guest::{memory_cap, wasi_context, Guest, MemoryCap};
+use super::guest::{guest_limits, wasi_context, Guest, GuestLimits};
 
 struct ModuleState {
     wasi: WasiP1Ctx,
-    limits: MemoryCap,
+    limits: GuestLimits,
 }
 
-/// An instantiated module with its entry export.
+/// A linked module and the export to run.
 pub struct ReadyModule {
     store: Store<ModuleState>,
-    /// A reactor's `_initialize`, run just before a non-`_start` export.
-    init: Option<TypedFunc<(), ()>>,
-    entry: TypedFunc<(), ()>,
+    pre: InstancePre<ModuleState>,
+    export: String,
 }
 
 pub fn prepare(module: &Module, name: &str, export: &str, guest: &Guest) -> Result<ReadyModule> {
     let engine = module.engine();
     let wasi = wasi_context(guest)?.build_p1();
-    let mut store = Store::new(engine, ModuleState { wasi, limits: memory_cap(guest) });
+    let mut store = Store::new(engine, ModuleState { wasi, limits: guest_limits(guest) });
     store.limiter(|s| &mut s.limits);
 
     let mut linker: Linker<ModuleState> = Linker::new(engine);
     p1::add_to_linker_sync(&mut linker, |s| &mut s.wasi)?;
-    let instance = linker
-        .instantiate(&mut store, module)
-        .map_err(|e| anyhow!("cannot satisfy the imports of {}: {e:#}", name))?;
-    // A reactor initialises itself before any other export is called; that
-    // is guest code, so it runs in `run`, after privileges are dropped.
-    let init = match export {
-        "_start" => None,
-        _ => instance.get_typed_func::<(), ()>(&mut store, "_initialize").ok(),
-    };
-    let func = instance
-        .get_func(&mut store, export)
-        .ok_or_else(|| anyhow!("export `{export}` not found in {}", name))?;
-    let entry = func
-        .typed::<(), ()>(&store)
-        .map_err(|_| anyhow!("export `{export}` of {} must take no parameters and return nothing", name))?;
-    Ok(ReadyModule { store, init, entry })
+    let pre = linker.instantiate_pre(module).map_err(|e| anyhow!("cannot satisfy the imports of {name}: {e:#}"))?;
+    match module.get_export(export) {
+        Some(ExternType::Func(func)) if func.params().len() == 0 && func.results().len() == 0 => {}
+        Some(ExternType::Func(_)) => bail!("export `{export}` of {name} must take no parameters and return nothing"),
+        _ => bail!("export `{export}` not found in {name}"),
+    }
+    Ok(ReadyModule { store, pre, export: export.to_string() })
 }
 
 impl ReadyModule {
-    /// Runs the export; also says whether the memory cap refused a growth.
+    /// Instantiates the module (its start function runs here) and runs the
+    /// export; also says whether the memory cap refused a growth.
     pub fn run(mut self) -> (wasmtime::Result<()>, bool) {
-        let store = &mut self.store;
-        let result = match self.init {
-            Some(init) => init.call(&mut *store, ()).and_then(|()| self.entry.call(&mut *store, ())),
-            None => self.entry.call(&mut *store, ()),
-        };
+        let result = self.call();
         (result, self.store.data().limits.reached)
+    }
+
+    fn call(&mut self) -> wasmtime::Result<()> {
+        let store = &mut self.store;
+        let instance = self.pre.instantiate(&mut *store)?;
+        // A reactor initialises itself before any other export is called.
+        if self.export != "_start" {
+            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut *store, "_initialize") {
+                init.call(&mut *store, ())?;
+            }
+        }
+        instance.get_typed_func::<(), ()>(&mut *store, &self.export)?.call(&mut *store, ())
     }
 }

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use wasmtime::ResourceLimiter;
+use crate::instance::engine::guest::Allowance;
 
 /// Bytes of linear memory that all instances together may hold.
 pub struct Budget {
@@ -36,32 +36,21 @@ impl Budget {
 pub struct Share {
     budget: Arc<Budget>,
     held: usize,
-    /// A growth was refused: the budget was spent.
-    pub reached: bool,
 }
 
 impl Share {
     pub fn new(budget: &Arc<Budget>) -> Share {
-        Share { budget: budget.clone(), held: 0, reached: false }
+        Share { budget: budget.clone(), held: 0 }
     }
 }
 
-impl ResourceLimiter for Share {
-    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if maximum.is_some_and(|max| desired > max) {
-            return Ok(false);
+impl Allowance for Share {
+    fn take(&mut self, bytes: usize) -> bool {
+        let taken = self.budget.take(bytes);
+        if taken {
+            self.held += bytes;
         }
-        let extra = desired.saturating_sub(current);
-        if !self.budget.take(extra) {
-            self.reached = true;
-            return Ok(false);
-        }
-        self.held += extra;
-        Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(maximum.is_none_or(|max| desired <= max))
+        taken
     }
 }
 
@@ -82,19 +71,16 @@ mod tests {
         let budget = Budget::new(Some(3 * MIB as u64));
         let mut first = Share::new(&budget);
         let mut second = Share::new(&budget);
-        assert!(first.memory_growing(0, 2 * MIB, None).unwrap());
-        assert!(!second.memory_growing(0, 2 * MIB, None).unwrap(), "2 + 2 MiB exceeds 3 MiB");
-        assert!(second.reached && !first.reached);
-        assert!(second.memory_growing(0, MIB, None).unwrap());
+        assert!(first.take(2 * MIB));
+        assert!(!second.take(2 * MIB), "2 + 2 MiB exceeds 3 MiB");
+        assert!(second.take(MIB));
         drop(first);
-        assert!(second.memory_growing(MIB, 3 * MIB, None).unwrap(), "the first instance's 2 MiB came back");
-        assert!(!second.memory_growing(3 * MIB, 3 * MIB + 1, None).unwrap());
+        assert!(second.take(2 * MIB), "the first instance's 2 MiB came back");
+        assert!(!second.take(1));
     }
 
     #[test]
-    fn no_limit_allows_up_to_the_memory_maximum() {
-        let mut share = Share::new(&Budget::new(None));
-        assert!(share.memory_growing(0, 1 << 40, None).unwrap());
-        assert!(!share.memory_growing(0, 2 * MIB, Some(MIB)).unwrap());
+    fn no_limit_takes_anything() {
+        assert!(Share::new(&Budget::new(None)).take(1 << 40));
     }
 }

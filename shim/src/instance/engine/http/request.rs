@@ -22,14 +22,14 @@ use super::budget::{Budget, Share};
 use super::epoch::Clock;
 use super::settings::{Settings, TIMEOUT_ENV};
 use crate::instance::engine::component;
-use crate::instance::engine::guest::{report_error, Guest};
+use crate::instance::engine::guest::{report_error, Guest, GuestLimits};
 
 pub type Response = hyper::Response<HyperOutgoingBody>;
 
 /// A command component's store data, limited by this request's share of
 /// the pod's memory, plus wasi:http's, sharing one table.
 pub struct RequestState {
-    wasi: component::ComponentState<Share>,
+    wasi: component::ComponentState<GuestLimits<Share>>,
     http: WasiHttpCtx,
 }
 
@@ -59,7 +59,7 @@ impl Template {
     fn store(&self) -> Result<Store<RequestState>> {
         // The memory limit is the shared budget's, not each instance's.
         let guest = Guest { args: &self.args, env: &self.env, cwd: &self.cwd, memory_limit: None };
-        let state = RequestState { wasi: component::ComponentState::new(&guest, Share::new(&self.budget))?, http: WasiHttpCtx::new() };
+        let state = RequestState { wasi: component::ComponentState::new(&guest, GuestLimits::new(Share::new(&self.budget)))?, http: WasiHttpCtx::new() };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.wasi.limits);
         // Yield to the server at every epoch tick (see epoch.rs).

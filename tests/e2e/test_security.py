@@ -1,0 +1,110 @@
+"""A hostile image, module or pod spec gets nothing it was not granted.
+
+Each test performs the attack through CRI, as a pod would, and asserts that
+it gets nothing; where the attack needs something of the node (a device,
+a root-only file) the test first shows from the host that it is there to
+be had, so that a guard that stopped working would fail the test.
+"""
+
+import os
+import stat
+import subprocess
+import sys
+import time
+
+from harness import REPO_ROOT
+from kubelet import v1
+from pods import Pod
+from test_cri_pods import exited, host_dir, manifest
+
+PACK = os.path.join(REPO_ROOT, "images", "pack.py")
+PROBE_WASM = os.path.join(REPO_ROOT, "images", "workloads", "target", "wasm32-wasip1", "release", "probe.wasm")
+
+
+def wasm_pod(name, image, args, user=None, volumes=()):
+    """A one-container wasm pod; volumes: [(name, host path, mount path, read only)]."""
+    container = {"name": name, "image": image, "args": list(args),
+                 "volumeMounts": [{"name": v, "mountPath": m, "readOnly": ro} for v, _, m, ro in volumes]}
+    spec = {"runtimeClassName": "wasmlet", "restartPolicy": "Never", "containers": [container],
+            "volumes": [{"name": v, "hostPath": {"path": p, "type": "Directory"}} for v, p, _, _ in volumes]}
+    if user is not None:
+        spec["securityContext"] = {"runAsUser": user, "runAsGroup": user}
+    return Pod({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": spec})
+
+
+# Character devices of every node that root can read from the host: the
+# kernel's log (what a guest must never see) and /dev/zero.
+DEVICES = {"kmsg": (1, 11), "zero": (1, 5)}
+
+
+def import_image(cri, name, tmp_path, *pack_args):
+    """Packs an image at test time (it carries this node's device numbers)
+    and imports it into the CRI containerd; returns its reference."""
+    ref = f"wasmlet.test/{name}:latest"
+    archive = tmp_path / f"{name}.tar"
+    subprocess.run([sys.executable, PACK, "--name", ref, "--out", str(archive), *pack_args], check=True)
+    cri.ctd.import_images(str(tmp_path), (name,))
+    return ref
+
+
+def test_device_nodes_in_an_image_or_a_volume_cannot_be_opened(cri, tmp_path):
+    nodes = [arg for name, (major, minor) in DEVICES.items() for arg in ("--device", f"/{name}=c:{major}:{minor}")]
+    image = import_image(cri, "device-nodes", tmp_path,
+                         "--file", f"/probe.wasm={PROBE_WASM}", "--entrypoint", "/probe.wasm", *nodes)
+    volume = host_dir(cri, "devices", {})
+    for name, (major, minor) in DEVICES.items():
+        node = os.path.join(volume, name)
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        # From the host the node is live: root reads it.
+        fd = os.open(node, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            assert len(os.read(fd, 2048)) > 0, name
+        finally:
+            os.close(fd)
+
+    for path in [f"/{name}" for name in DEVICES] + [f"/volume/{name}" for name in DEVICES]:
+        pod = wasm_pod("devices", image, ["read", path, "2048"], volumes=[("volume", volume, "/volume", False)])
+        with exited(cri, pod) as (status, lines):
+            pass
+        # The kernel's EACCES (nodev), as WASI's errno reaches the guest's std.
+        assert len(lines) == 1 and lines[0].startswith(f"read {path}: error: Permission denied"), (path, status, lines)
+    assert cri.ctd.leftovers() == []
+
+
+def start_reader_pod(secret, user):
+    document = manifest("run-as-user.yaml")
+    document["spec"]["securityContext"] = {"runAsUser": user, "runAsGroup": user}
+    document["spec"]["containers"][0].update(image="wasmlet.test/start-reader:latest", args=[])
+    pod = Pod(document)
+    pod.volumes["secret"]["hostPath"]["path"] = secret
+    return pod
+
+
+def test_a_start_function_runs_after_start_as_the_pods_user(cri):
+    secret = host_dir(cri, "secret", {"input.txt": ("the node's secret\n", 0o600)})
+    with exited(cri, start_reader_pod(secret, 1000)) as (status, lines):
+        pass
+    assert lines == ["start: denied"], (status, lines)
+    assert status.exit_code == 0, status
+    # As root the same module reads the file: the guard, not the module, denied it.
+    with exited(cri, start_reader_pod(secret, 0)) as (status, lines):
+        pass
+    assert lines == ["start: read: the node's secret"], (status, lines)
+    assert cri.ctd.leftovers() == []
+
+
+def test_a_start_function_that_never_returns_is_stopped_like_a_running_guest(cri):
+    pod = wasm_pod("start-loop", "wasmlet.test/start-loop:latest", [])
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        # Create runs no guest code, so it answers well within its deadline.
+        container_id = cri.kubelet.create_container(pod, sandbox_id, "start-loop")
+        assert cri.kubelet.container_status(container_id).state == v1.CONTAINER_CREATED
+        cri.kubelet.start_container(container_id)
+        cri.kubelet.wait_container(container_id, v1.CONTAINER_RUNNING)
+        time.sleep(0.5)
+        assert cri.kubelet.container_status(container_id).state == v1.CONTAINER_RUNNING
+        cri.kubelet.stop_container(container_id, grace_seconds=30)
+        status = cri.kubelet.container_status(container_id)
+    # 143: SIGTERM ended it, not the SIGKILL that follows the grace period.
+    assert (status.state, status.exit_code) == (v1.CONTAINER_EXITED, 143), status
+    assert cri.ctd.leftovers() == []
