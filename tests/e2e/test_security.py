@@ -108,3 +108,62 @@ def test_a_start_function_that_never_returns_is_stopped_like_a_running_guest(cri
     # 143: SIGTERM ended it, not the SIGKILL that follows the grace period.
     assert (status.state, status.exit_code) == (v1.CONTAINER_EXITED, 143), status
     assert cri.ctd.leftovers() == []
+
+
+def proc_status(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def pid_namespace(pid):
+    return os.readlink(f"/proc/{pid}/ns/pid")
+
+
+def sleeping_pod(share_process_namespace):
+    """A BestEffort wasm pod: its OOM score is 1000, above containerd's own
+    (which the CRI plugin, restricted here, would not go below)."""
+    document = manifest("sleep-wasm.yaml")
+    document["spec"]["shareProcessNamespace"] = share_process_namespace
+    del document["spec"]["containers"][0]["resources"]
+    return Pod(document)
+
+
+def test_the_instance_lives_in_its_own_or_its_pods_pid_namespace_never_the_hosts(cri):
+    for share in (False, True):
+        pod = sleeping_pod(share)
+        with cri.kubelet.running_pod(pod) as sandbox_id:
+            container_id = cri.kubelet.start_containers(pod, sandbox_id)["sleep"]
+            cri.kubelet.wait_container(container_id, v1.CONTAINER_RUNNING)
+            pid = cri.kubelet.container_info(container_id)["pid"]
+            pause = cri.kubelet.pod_sandbox_info(sandbox_id)["pid"]
+            namespace_pids = proc_status(pid)["NSpid"].split()
+            assert pid_namespace(pid) != pid_namespace(os.getpid()), share
+            if share:
+                # kubectl users see it beside the sidecars: the pod's namespace.
+                assert pid_namespace(pid) == pid_namespace(pause)
+                assert namespace_pids[0] == str(pid) and namespace_pids[-1] != "1", namespace_pids
+            else:
+                assert pid_namespace(pid) != pid_namespace(pause)
+                assert namespace_pids == [str(pid), "1"], namespace_pids
+            # BestEffort's score, not the 0 of the containerd it inherits from.
+            with open(f"/proc/{pid}/oom_score_adj") as f:
+                assert int(f.read()) == 1000
+            cri.kubelet.stop_container(container_id, grace_seconds=10)
+            # As PID 1 of its namespace it still ends on StopContainer's SIGTERM.
+            assert cri.kubelet.container_status(container_id).exit_code == 143
+    assert cri.ctd.leftovers() == []
+
+
+def test_the_specs_rlimits_reach_the_instance(clean):
+    # ctr's default spec limits open files to 1024, below what containerd has.
+    assert clean.run("wasmlet.test/sleep:latest", "rlimits", detach=True).returncode == 0
+    line = next(l for l in clean.ctr("tasks", "ls").stdout.splitlines() if l.startswith("rlimits "))
+    pid = int(line.split()[1])
+    with open(f"/proc/{pid}/limits") as f:
+        limits = {l[:26].strip(): l[26:].split()[:2] for l in f.readlines()[1:]}
+    assert limits["Max open files"] == ["1024", "1024"], limits
+    with open("/proc/self/limits") as f:
+        assert "1024 " not in next(l for l in f if l.startswith("Max open files")), "the test needs a higher limit outside"
+    clean.task_kill("rlimits", "SIGKILL")
+    clean.task_wait("rlimits")
+    clean.delete_all()

@@ -84,7 +84,7 @@ impl Creator {
         let plan = planning::launch_plan(c.spec, c.rootfs, program, entry.unwrap_or_default(), cache)?;
         let id = &c.req.id;
         let cgroup = plan.cgroup.as_ref().map(|group| group.path.clone());
-        match launch::launch(c.bundle, &plan, &c.io, |line| info!(task = %id, "{line}")) {
+        match launch::launch(c.bundle, &plan, &c.io, &self.exits, |line| info!(task = %id, "{line}")) {
             Ok(launched) => Ok(Task::wasm(id.clone(), c.bundle.to_path_buf(), c.rootfs.to_path_buf(), c.io.clone(), cgroup, launched)),
             Err((pid, err)) => {
                 if let Some(pid) = pid {

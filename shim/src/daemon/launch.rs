@@ -12,6 +12,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
 
+use super::exits::Exits;
 use super::stdio::IoPaths;
 use crate::shared::launch_plan::{LaunchPlan, INSTANCE_COMMAND, PLAN_FD};
 use crate::shared::status_pipe::{self, START_FD, STATUS_FD};
@@ -37,18 +38,27 @@ impl StartPipe {
 }
 
 /// Spawns the instance of the container in `bundle`, sends it `plan` and
-/// waits for its report. `on_log` receives the instance's log lines; an
-/// `Err` carries its setup error, and the pid of the failed process for the
+/// waits for its report. The process spawned goes on as a child in its PID
+/// namespace and leaves: its exit is discarded in `exits`, and the child's
+/// pid is the task's. `on_log` receives the instance's log lines; an `Err`
+/// carries its setup error, and the pid of the failed process for the
 /// caller to account for.
-pub fn launch(bundle: &Path, plan: &LaunchPlan, io: &IoPaths, on_log: impl Fn(&str)) -> Result<Launched, (Option<u32>, anyhow::Error)> {
+pub fn launch(bundle: &Path, plan: &LaunchPlan, io: &IoPaths, exits: &Exits, on_log: impl Fn(&str)) -> Result<Launched, (Option<u32>, anyhow::Error)> {
     let (command, pipes) = prepare_command(bundle, io).map_err(|e| (None, e))?;
-    let pid = spawn(command, pipes.child_ends).map_err(|e| (None, e))?;
+    let spawned = spawn(command, pipes.child_ends).map_err(|e| (None, e))?;
     // An instance that dies before reading its plan reports nothing: the
     // status pipe's end-of-file says so below.
     let _ = plan.send(File::from(pipes.plan_write));
     let mut status = File::from(pipes.status_read);
-    let stream = read_report(&mut status).map_err(|e| (Some(pid), e))?;
-    let report = status_pipe::parse(&stream);
+    let report = read_report(&mut status).map(|stream| status_pipe::parse(&stream));
+    let pid = match report.as_ref().ok().and_then(|r| r.pid) {
+        Some(child) => {
+            exits.discard(spawned);
+            child
+        }
+        None => spawned,
+    };
+    let report = report.map_err(|e| (Some(pid), e))?;
     report.logs.iter().for_each(|l| on_log(l));
     match report.result {
         Ok(()) => Ok(Launched { pid, start: StartPipe(File::from(pipes.start_write)), late_report: status }),

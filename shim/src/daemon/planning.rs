@@ -6,12 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec, User};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, PosixRlimit, PosixRlimitType, Spec, User};
 
 use super::entrypoint::Entrypoint;
 use crate::shared::cgroup;
 use crate::shared::launch_plan::{
-    CgroupPlan, LaunchPlan, MountFlags, MountKind, MountPlan, NamespaceKind, NamespacePlan, ProgramSource, UserPlan,
+    CgroupPlan, LaunchPlan, MountFlags, MountKind, MountPlan, NamespaceKind, NamespacePlan, PidNamespace, ProgramSource,
+    RlimitPlan, UserPlan,
 };
 use crate::shared::node_cache::NodeCache;
 
@@ -46,6 +47,8 @@ pub fn launch_plan(spec: &Spec, rootfs: &Path, program: ProgramSource, entry: En
         hostname,
         cgroup,
         user: user_plan(process.user()),
+        rlimits: process.rlimits().iter().flatten().map(rlimit_plan).collect(),
+        oom_score_adj: process.oom_score_adj(),
         memory_limit: cgroup::memory_limit(resources),
         cache,
         termination_message: termination_message_path(spec),
@@ -92,7 +95,13 @@ fn namespace_plan(spec: &Spec) -> Result<NamespacePlan> {
         (LinuxNamespaceType::Ipc, NamespaceKind::Ipc),
         (LinuxNamespaceType::Uts, NamespaceKind::Uts),
     ];
-    let mut plan = NamespacePlan::default();
+    let pid = match namespaces.iter().find(|ns| ns.typ() == LinuxNamespaceType::Pid).and_then(|ns| ns.path().clone()) {
+        Some(path) => PidNamespace::Join(path),
+        // Also for a spec that shares the host's (hostPID): a wasm guest
+        // has no use for it, and an engine escape would get every process.
+        None => PidNamespace::New,
+    };
+    let mut plan = NamespacePlan { pid, ..NamespacePlan::default() };
     for (typ, kind) in order {
         let Some(ns) = namespaces.iter().find(|ns| ns.typ() == typ) else { continue };
         match ns.path() {
@@ -132,6 +141,29 @@ fn mount_plan(m: &Mount) -> Option<MountPlan> {
     Some(MountPlan { destination: m.destination().clone(), kind, flags })
 }
 
+fn rlimit_plan(rlimit: &PosixRlimit) -> RlimitPlan {
+    let resource = match rlimit.typ() {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
+    };
+    let name = serde_json::to_value(rlimit.typ()).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    RlimitPlan { name, resource: resource as u32, soft: rlimit.soft(), hard: rlimit.hard() }
+}
+
 fn user_plan(user: &User) -> UserPlan {
     UserPlan { uid: user.uid(), gid: user.gid(), additional_gids: user.additional_gids().clone().unwrap_or_default() }
 }
@@ -140,8 +172,8 @@ fn user_plan(user: &User) -> UserPlan {
 mod tests {
     use super::*;
     use oci_spec::runtime::{
-        LinuxBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder, SpecBuilder,
-        UserBuilder,
+        LinuxBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder, ProcessBuilder,
+        SpecBuilder, UserBuilder,
     };
 
     fn mount(destination: &str, typ: &str, options: &[&str]) -> Mount {
@@ -161,11 +193,14 @@ mod tests {
     /// memory limit, the pod's network, a volume and a termination log.
     fn pod_spec(cgroups_path: &str, extra_namespace: Option<LinuxNamespaceType>) -> Spec {
         let user = UserBuilder::default().uid(1000u32).gid(3000u32).additional_gids(vec![4000u32]).build().unwrap();
+        let nofile = PosixRlimitBuilder::default().typ(PosixRlimitType::RlimitNofile).soft(1024u64).hard(4096u64).build().unwrap();
         let process = ProcessBuilder::default()
             .args(vec!["/app.wasm#serve".to_string(), "--port".into(), "80".into()])
             .env(vec!["PATH=/bin".to_string(), "MODE=fast".into()])
             .cwd("/work")
             .user(user)
+            .rlimits(vec![nofile])
+            .oom_score_adj(1000)
             .build()
             .unwrap();
         let memory = LinuxMemoryBuilder::default().limit(64 << 20).build().unwrap();
@@ -210,6 +245,22 @@ mod tests {
         assert_eq!(plan.hostname.as_deref(), Some("pod-a"));
         assert_eq!(plan.termination_message, Some(PathBuf::from("/dev/termination-log")));
         assert_eq!(plan.cache, NodeCache::new("/cache", 1 << 30));
+        assert_eq!(plan.rlimits, vec![RlimitPlan { name: "RLIMIT_NOFILE".into(), resource: libc::RLIMIT_NOFILE as u32, soft: 1024, hard: 4096 }]);
+        assert_eq!(plan.oom_score_adj, Some(1000));
+        assert_eq!(plan.namespaces.pid, PidNamespace::New);
+    }
+
+    #[test]
+    fn the_pods_pid_namespace_is_joined_and_the_hosts_never() {
+        let joined = plan_of(&pod_spec("/c1", Some(LinuxNamespaceType::Pid))).unwrap();
+        assert_eq!(joined.namespaces.pid, PidNamespace::New, "a pid namespace without a path is a new one");
+        let mut spec = pod_spec("/c1", None);
+        let mut linux = spec.linux().clone().unwrap();
+        let mut namespaces = linux.namespaces().clone().unwrap();
+        namespaces.push(namespace(LinuxNamespaceType::Pid, Some("/proc/42/ns/pid")));
+        linux.set_namespaces(Some(namespaces));
+        spec.set_linux(Some(linux));
+        assert_eq!(plan_of(&spec).unwrap().namespaces.pid, PidNamespace::Join("/proc/42/ns/pid".into()));
     }
 
     #[test]

@@ -11,7 +11,33 @@ use nix::sched::{setns, unshare, CloneFlags};
 use nix::unistd::{chdir, pivot_root, sethostname};
 
 use super::mounts::{self, Root, TargetKind};
-use crate::shared::launch_plan::{MountKind, MountPlan, NamespaceKind, NamespacePlan};
+use crate::shared::launch_plan::{MountKind, MountPlan, NamespaceKind, NamespacePlan, PidNamespace};
+
+/// Enters the planned PID namespace and goes on in it as a child: a PID
+/// namespace holds only the children of whoever enters it. Returns true in
+/// the first process, which must then leave, and false in the child.
+pub fn enter_pid_namespace(pid: &PidNamespace) -> Result<bool> {
+    match pid {
+        PidNamespace::Join(path) => {
+            let file = File::open(path).with_context(|| format!("open the pod's PID namespace {}", path.display()))?;
+            setns(&file, CloneFlags::CLONE_NEWPID).with_context(|| format!("join the pod's PID namespace {}", path.display()))?;
+        }
+        PidNamespace::New => unshare(CloneFlags::CLONE_NEWPID).context("create a PID namespace")?,
+    }
+    // Safety: the instance has one thread here (nothing before setup starts
+    // one), so the child may go on running Rust after fork.
+    match unsafe { nix::unistd::fork() }.context("fork into the PID namespace")? {
+        nix::unistd::ForkResult::Parent { .. } => Ok(true),
+        nix::unistd::ForkResult::Child => Ok(false),
+    }
+}
+
+/// This process's pid as the daemon sees it: the host's /proc (still
+/// mounted here) numbers processes in the host's PID namespace.
+pub fn host_pid() -> Result<u32> {
+    let link = std::fs::read_link("/proc/self").context("read /proc/self")?;
+    link.to_string_lossy().parse().context("parse /proc/self")
+}
 
 /// Joins the namespaces the plan names by path, in its order, creates the
 /// ones it asks for, and always creates a mount namespace of our own.

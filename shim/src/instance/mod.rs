@@ -9,7 +9,9 @@ mod engine;
 mod isolation;
 mod mounts;
 mod privileges;
+mod seccomp;
 mod setup;
+mod signals;
 mod termination;
 mod wasm_source;
 

@@ -1,5 +1,6 @@
-//! The instance's setup, in its fixed order: cgroup, namespaces, compiled
-//! code, rootfs, instantiation, privileges. Every step acts on the launch
+//! The instance's setup, in its fixed order: cgroup and OOM score, PID
+//! namespace, the other namespaces, compiled code, rootfs, linking, rlimits
+//! and privileges. Every step acts on the launch
 //! plan; each one's error ends the instance with `error ...` on the status pipe.
 
 use std::fs::File;
@@ -8,7 +9,7 @@ use std::io::Write;
 use anyhow::Result;
 
 use super::engine::{self, Guest, ReadyGuest};
-use super::{isolation, privileges, wasm_source};
+use super::{isolation, privileges, signals, wasm_source};
 use crate::shared::cgroup;
 use crate::shared::launch_plan::LaunchPlan;
 
@@ -18,6 +19,18 @@ pub fn setup(plan: &LaunchPlan, status: &mut File) -> Result<ReadyGuest> {
     if let Some(group) = &plan.cgroup {
         cgroup::create_and_join(&group.path, group.resources.as_ref(), std::process::id())?;
     }
+    if let Some(score) = plan.oom_score_adj {
+        privileges::set_oom_score_adj(score)?;
+    }
+    if isolation::enter_pid_namespace(&plan.namespaces.pid)? {
+        // Safety: _exit ends this process at once; its child goes on.
+        unsafe { libc::_exit(0) };
+    }
+    // Before anything else the daemon reads: the task's pid is this one.
+    writeln!(status, "pid {}", isolation::host_pid()?)?;
+    // The first process of a PID namespace ignores signals it has no
+    // handler for: the guest must still end on SIGTERM.
+    signals::end_on_termination_signals()?;
     isolation::enter_namespaces(&plan.namespaces, plan.hostname.as_deref())?;
 
     let name = plan.program.name();
@@ -36,6 +49,7 @@ pub fn setup(plan: &LaunchPlan, status: &mut File) -> Result<ReadyGuest> {
         }),
     };
     let ready = engine::prepare(&program, &name, &plan.export, &guest)?;
+    privileges::set_rlimits(&plan.rlimits)?;
     privileges::drop_all(&plan.user)?;
     Ok(ready)
 }

@@ -39,6 +39,11 @@ pub struct LaunchPlan {
     pub hostname: Option<String>,
     pub cgroup: Option<CgroupPlan>,
     pub user: UserPlan,
+    /// The spec's rlimits, applied before the drop of privileges.
+    pub rlimits: Vec<RlimitPlan>,
+    /// Written to /proc/self/oom_score_adj: the node's OOM killer weighs
+    /// the instance as the spec says, not as containerd's own score.
+    pub oom_score_adj: Option<i32>,
     /// The container's memory limit in bytes, which also caps linear memory.
     pub memory_limit: Option<u64>,
     pub cache: NodeCache,
@@ -95,6 +100,26 @@ pub struct MountFlags {
 pub struct NamespacePlan {
     pub join: Vec<(NamespaceKind, PathBuf)>,
     pub create: Vec<NamespaceKind>,
+    pub pid: PidNamespace,
+}
+
+/// The instance's PID namespace: never the host's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PidNamespace {
+    /// The pod's (`shareProcessNamespace`), by path.
+    Join(PathBuf),
+    /// One of its own, whose first process the instance is.
+    #[default]
+    New,
+}
+
+/// One resource limit: `resource` is the kernel's number (RLIMIT_*), `name` its name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RlimitPlan {
+    pub name: String,
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 /// The namespaces an instance can be placed in besides its own mount namespace.

@@ -1,9 +1,10 @@
 //! The pipes between the shim and an instance process. The instance reports
-//! on the status pipe (`log ...` lines, then `ok` or `error ...`), then waits
-//! on the start pipe: one byte runs the guest, end-of-file means the task
-//! was deleted before it started. After `ok` the status pipe stays open
-//! until the instance exits, which says `oom` first if the guest ran out of
-//! its memory limit.
+//! on the status pipe (`log ...` lines, a `pid N` when it went on as process
+//! N in its PID namespace, then `ok` or `error ...`), then waits on the
+//! start pipe: one byte runs the guest, end-of-file means the task was
+//! deleted before it started. After `ok` the status pipe stays open until
+//! the instance exits, which says `oom` first if the guest ran out of its
+//! memory limit.
 
 /// Descriptor of the status pipe's write end in the instance process.
 pub const STATUS_FD: i32 = 3;
@@ -14,6 +15,8 @@ pub const START_FD: i32 = 4;
 #[derive(Debug, PartialEq, Eq)]
 pub struct Report {
     pub logs: Vec<String>,
+    /// The pid (in the daemon's namespace) the instance went on as.
+    pub pid: Option<u32>,
     pub result: Result<(), String>,
 }
 
@@ -30,19 +33,22 @@ pub fn is_complete(stream: &str) -> bool {
 /// means the instance died during setup.
 pub fn parse(stream: &str) -> Report {
     let mut logs = Vec::new();
+    let mut pid = None;
     let mut lines = stream.split_inclusive('\n');
     while let Some(line) = lines.next() {
         if let Some(msg) = line.strip_prefix("log ") {
             logs.push(msg.trim_end().to_string());
+        } else if let Some(number) = line.strip_prefix("pid ") {
+            pid = number.trim_end().parse().ok();
         } else if line.trim_end() == "ok" {
-            return Report { logs, result: Ok(()) };
+            return Report { logs, pid, result: Ok(()) };
         } else if let Some(first) = line.strip_prefix("error ") {
             // The error is the rest of the stream, newlines included.
             let rest: String = lines.collect();
-            return Report { logs, result: Err(format!("{first}{rest}").trim_end().to_string()) };
+            return Report { logs, pid, result: Err(format!("{first}{rest}").trim_end().to_string()) };
         }
     }
-    Report { logs, result: Err("the instance process exited during setup without a report".into()) }
+    Report { logs, pid, result: Err("the instance process exited during setup without a report".into()) }
 }
 
 #[cfg(test)]
@@ -50,9 +56,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ok_after_logs() {
-        let report = parse("log cache hit\nok\n");
-        assert_eq!(report, Report { logs: vec!["cache hit".into()], result: Ok(()) });
+    fn ok_after_logs_and_a_pid() {
+        let report = parse("pid 4321\nlog cache hit\nok\n");
+        assert_eq!(report, Report { logs: vec!["cache hit".into()], pid: Some(4321), result: Ok(()) });
     }
 
     #[test]

@@ -146,6 +146,7 @@ impl ReadyServer {
 
 async fn serve(server: Arc<Server>, listener: std::net::TcpListener) -> Result<()> {
     let listener = TcpListener::from_std(listener).context("register the listening socket")?;
+    crate::instance::signals::release_sigterm()?;
     let mut terminate = signal(SignalKind::terminate()).context("handle SIGTERM")?;
     let connections = GracefulShutdown::new();
     // The timer enables hyper's limit on reading a request's head.
