@@ -1,8 +1,10 @@
 //! containerd-shim-wasmlet-v1: a containerd shim v2 that runs WASI
-//! workloads with wasmtime. One binary, two processes: the shim daemon
-//! (`daemon/`) and, per wasm container, its instance (`instance/`); what
-//! both use is in `shared/`. See ARCHITECTURE.md for the map.
+//! workloads with wasmtime. One binary, three processes: the shim daemon
+//! (`daemon/`), per wasm container its instance (`instance/`), and per
+//! cache miss the unprivileged compiler (`compiler/`); what more than one
+//! of them uses is in `shared/`. See ARCHITECTURE.md for the map.
 
+mod compiler;
 mod daemon;
 mod instance;
 mod shared;
@@ -12,6 +14,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some(shared::launch_plan::INSTANCE_COMMAND) => instance::main(),
+        Some(shared::compile_protocol::COMPILE_COMMAND) => compiler::main(&args[2..]),
         Some("--version") | Some("-v") => daemon::print_version(),
         _ => daemon::run(&args),
     }

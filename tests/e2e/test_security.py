@@ -6,11 +6,15 @@ a root-only file) the test first shows from the host that it is there to
 be had, so that a guard that stopped working would fail the test.
 """
 
+import hashlib
 import os
 import stat
 import subprocess
 import sys
+import threading
 import time
+
+import grpc
 
 from harness import REPO_ROOT
 from kubelet import v1
@@ -167,3 +171,96 @@ def test_the_specs_rlimits_reach_the_instance(clean):
     clean.task_kill("rlimits", "SIGKILL")
     clean.task_wait("rlimits")
     clean.delete_all()
+
+
+def compiler_processes():
+    """{pid: /proc/PID/status} of every compiler process now."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            exe = os.readlink(f"/proc/{entry}/exe")
+            if len(argv) > 2 and exe.endswith("containerd-shim-wasmlet-v1") and argv[1] == b"compile":
+                found[int(entry)] = proc_status(entry)
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def test_untrusted_wasm_is_compiled_by_a_process_that_holds_nothing(cri):
+    # No compiled comrak in the cache: this pod compiles 3 MB of wasm.
+    for directory, _, files in os.walk(cri.ctd.cache_dir):
+        for name in files:
+            if name.endswith(".cwasm"):
+                os.remove(os.path.join(directory, name))
+    pod = wasm_pod("comrak", "wasmlet.test/comrak:latest", ["--version"])
+    seen = {}
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        container_id = cri.kubelet.create_container(pod, sandbox_id, "comrak")
+        starting = threading.Thread(target=cri.kubelet.start_container, args=(container_id,))
+        starting.start()
+        while starting.is_alive() and not seen:
+            seen = compiler_processes()
+            time.sleep(0.005)
+        starting.join()
+        status = cri.kubelet.wait_container(container_id)
+    assert status.exit_code == 0, status
+    assert seen, "no compiler process was seen while the pod compiled"
+    for pid, fields in seen.items():
+        assert fields["Uid"].split() == ["65534"] * 4 and fields["Gid"].split() == ["65534"] * 4, fields
+        assert fields["Groups"].strip() == "", fields
+        for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(fields[caps], 16) == 0, (caps, fields)
+        assert (fields["NoNewPrivs"], fields["Seccomp"]) == ("1", "2"), fields
+    assert cri.ctd.leftovers() == []
+
+
+WASM_DIR = os.path.join(REPO_ROOT, "images", "workloads", "target", "wasm32-wasip1", "release")
+
+
+def compiled_entry(cri, module):
+    """The cached compiled code of one of the workloads, by its wasm's sha256."""
+    with open(os.path.join(WASM_DIR, module), "rb") as f:
+        key = hashlib.sha256(f.read()).hexdigest()
+    for directory, _, files in os.walk(cri.ctd.cache_dir):
+        if f"{key}.cwasm" in files:
+            return os.path.join(directory, f"{key}.cwasm")
+    raise AssertionError(f"no compiled {module} in the cache")
+
+
+def hello_pod():
+    return Pod(manifest("hello-wasm.yaml"))
+
+
+def test_a_symlinked_cache_entry_is_not_followed(cri):
+    for pod in (hello_pod(), wasm_pod("exit-code", "wasmlet.test/exit-code:latest", ["3"])):
+        with exited(cri, pod):
+            pass
+    hello, other = compiled_entry(cri, "hello.wasm"), compiled_entry(cri, "exit-code.wasm")
+    # Followed, the link would run exit-code's native code as hello.
+    os.remove(hello)
+    os.symlink(other, hello)
+    with exited(cri, hello_pod()) as (status, lines):
+        pass
+    assert (status.exit_code, lines[:1]) == (0, ["Hello from wasmlet!"]), (status, lines)
+    assert not os.path.islink(hello)
+    assert "compiled code for /hello.wasm: cache Rebuilt" in cri.ctd.log_tail(200)
+    assert cri.ctd.leftovers() == []
+
+
+def test_a_cache_directory_others_can_write_is_refused(cri):
+    os.chmod(cri.ctd.cache_dir, 0o777)
+    try:
+        pod = hello_pod()
+        with cri.kubelet.running_pod(pod) as sandbox_id:
+            container_id = cri.kubelet.create_container(pod, sandbox_id, "hello")
+            try:
+                cri.kubelet.start_container(container_id)
+                raise AssertionError("a pod started from a cache others can write")
+            except grpc.RpcError as err:
+                message = err.details()
+    finally:
+        os.chmod(cri.ctd.cache_dir, 0o700)
+    assert f"{cri.ctd.cache_dir} is writable by others (mode 777)" in message, message
+    assert cri.ctd.leftovers() == []

@@ -1,7 +1,8 @@
-"""The shim's tree keeps its architecture: two processes, each in its room.
+"""The shim's tree keeps its architecture: three processes, each in its room.
 
-`daemon/` (the shim process) and `instance/` (one process per wasm container)
-never use each other's modules, `shared/` uses neither, no two modules use
+`daemon/` (the shim process), `instance/` (one process per wasm container)
+and `compiler/` (one per cache miss) never use each other's modules,
+`shared/` uses none of them, no two modules use
 each other (directly or around a loop), and no file grows past about 400
 lines. Edges are read from the `use` declarations and the `crate::`/`super::`
 paths of each file (its unit tests excluded).
@@ -79,14 +80,18 @@ def name(module):
 
 def test_the_rooms_exist():
     mods = modules()
-    for room in ("daemon", "instance", "shared"):
+    for room in ROOMS:
         assert (room,) in mods, f"shim/src/{room}/mod.rs is missing"
     roots = {m[0] for m in mods if m}
-    assert roots == {"daemon", "instance", "shared"}, f"top-level modules besides the three rooms: {roots}"
+    assert roots == set(ROOMS), f"top-level modules besides the rooms: {roots}"
 
 
-@pytest.mark.parametrize("room, forbidden", [("daemon", {"instance"}), ("instance", {"daemon"}),
-                                             ("shared", {"daemon", "instance"})])
+PROCESSES = {"daemon", "instance", "compiler"}
+ROOMS = sorted(PROCESSES | {"shared"})
+
+
+@pytest.mark.parametrize("room, forbidden", [(room, PROCESSES - {room}) for room in sorted(PROCESSES)]
+                         + [("shared", PROCESSES)])
 def test_rooms_keep_to_themselves(room, forbidden):
     bad = [f"{name(m)} uses {name(t)}" for m, targets in edges().items() if m[:1] == (room,)
            for t in targets if t[:1] and t[0] in forbidden]
@@ -119,7 +124,8 @@ def test_main_only_dispatches():
     with open(modules()[()]) as f:
         functions = re.findall(r"^fn (\w+)", f.read(), re.M)
     assert functions == ["main"], functions
-    assert graph[()] <= {("daemon",), ("instance",), ("shared", "allocator"), ("shared", "launch_plan")}
+    assert graph[()] <= {("compiler",), ("daemon",), ("instance",), ("shared", "allocator"), ("shared", "compile_protocol"),
+                         ("shared", "launch_plan")}
 
 
 def test_no_file_is_too_long():

@@ -16,6 +16,8 @@ use containerd_client::tonic::Request;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
 use sha2::{Digest, Sha256};
 
+use crate::shared::node_cache::MAX_WASM_BYTES;
+
 /// The config media type of a wasm artifact (CNCF wasm OCI artifact layout).
 const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 
@@ -43,6 +45,8 @@ pub struct WasmLayer {
     pub image: String,
     /// `sha256:<hex>`: the layer's digest, which is also the wasm's.
     pub digest: String,
+    /// Its size as the manifest says, which its content must keep to.
+    pub size: u64,
 }
 
 impl WasmLayer {
@@ -92,13 +96,18 @@ impl ContentStore {
         }
         let manifest: ImageManifest = self.read_json(&target)?;
         let layer = choose_layer(&manifest, name)?;
-        Ok(layer.map(|digest| WasmLayer { image: image.to_string(), digest }))
+        Ok(layer.map(|(digest, size)| WasmLayer { image: image.to_string(), digest, size }))
     }
 
-    /// Copies a layer into `file`, checking it against its digest.
+    /// Copies a layer into `file`, checking it against its digest and its
+    /// size (before the copy and while it runs, so a lying store cannot
+    /// fill the node's disk).
     pub fn copy_layer(&self, layer: &WasmLayer, file: &mut impl Write) -> Result<()> {
-        self.read_verified("layer", &layer.digest, |chunk| file.write_all(chunk).context("write the layer"))
-            .with_context(|| format!("image {}", layer.image))
+        let copied = match layer.size > MAX_WASM_BYTES {
+            true => Err(anyhow!("layer {} is {} bytes, more than the {MAX_WASM_BYTES} a wasm may be", layer.digest, layer.size)),
+            false => self.read_verified("layer", &layer.digest, layer.size, |chunk| file.write_all(chunk).context("write the layer")),
+        };
+        copied.with_context(|| format!("image {}", layer.image))
     }
 
     fn container_image(&self, id: &str) -> Result<String> {
@@ -122,29 +131,33 @@ impl ContentStore {
             bail!("{} {digest} is {} bytes, more than a manifest or config can be", descriptor.media_type(), descriptor.size());
         }
         let mut bytes = Vec::new();
-        self.read_verified(descriptor.media_type().as_ref(), &digest, |chunk| {
+        self.read_verified(descriptor.media_type().as_ref(), &digest, descriptor.size(), |chunk| {
             bytes.extend_from_slice(chunk);
             Ok(())
         })?;
         serde_json::from_slice(&bytes).with_context(|| format!("parse {} {digest}", descriptor.media_type()))
     }
 
-    /// Streams the blob `digest` (a `what`, in messages) to `each`, then
-    /// checks the content against the digest.
-    fn read_verified(&self, what: &str, digest: &str, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    /// Streams the blob `digest` (a `what`, in messages) to `each`, no more
+    /// than its descriptor's `size`, then checks the content against size
+    /// and digest.
+    fn read_verified(&self, what: &str, digest: &str, size: u64, mut each: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
         let mut client = ContentClient::new(self.channel.clone());
         let request = self.request(ReadContentRequest { digest: digest.to_string(), offset: 0, size: 0 });
         let mut hasher = Sha256::new();
+        let mut read = SizeCheck::new(what, digest, size);
         self.runtime
             .block_on(async {
                 let mut stream = client.read(request).await?.into_inner();
                 while let Some(chunk) = stream.message().await? {
+                    read.add(chunk.data.len())?;
                     hasher.update(&chunk.data);
                     each(&chunk.data)?;
                 }
                 anyhow::Ok(())
             })
             .with_context(|| format!("read {what} {digest} from containerd's content store"))?;
+        read.finish()?;
         let actual = format!("sha256:{}", hex::encode(hasher.finalize()));
         if actual != digest {
             bail!("{what} {digest} has digest {actual}: the content does not match");
@@ -158,6 +171,35 @@ impl ContentStore {
             request.metadata_mut().insert("containerd-namespace", namespace);
         }
         request
+    }
+}
+
+/// Bytes read of a blob against what its descriptor says.
+struct SizeCheck<'a> {
+    what: &'a str,
+    digest: &'a str,
+    size: u64,
+    read: u64,
+}
+
+impl<'a> SizeCheck<'a> {
+    fn new(what: &'a str, digest: &'a str, size: u64) -> Self {
+        SizeCheck { what, digest, size, read: 0 }
+    }
+
+    fn add(&mut self, bytes: usize) -> Result<()> {
+        self.read += bytes as u64;
+        if self.read > self.size {
+            bail!("{} {} is larger than the {} bytes its descriptor says", self.what, self.digest, self.size);
+        }
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<()> {
+        if self.read != self.size {
+            bail!("{} {} is {} bytes, its descriptor says {}", self.what, self.digest, self.read, self.size);
+        }
+        Ok(())
     }
 }
 
@@ -180,11 +222,11 @@ fn wasm_entry(index: &ImageIndex) -> Option<Descriptor> {
         .cloned()
 }
 
-/// The digest of the wasm layer to run, or None when the image has no wasm
+/// The digest and size of the wasm layer to run, or None when the image has no wasm
 /// layers (a plain image: its rootfs holds the module). An image with a
 /// wasm config but other layers, or several wasm layers that `name` does
 /// not choose between, is an error.
-fn choose_layer(manifest: &ImageManifest, name: Option<&str>) -> Result<Option<String>> {
+fn choose_layer(manifest: &ImageManifest, name: Option<&str>) -> Result<Option<(String, u64)>> {
     let is_wasm = |layer: &&Descriptor| WASM_LAYERS.contains(&layer.media_type().to_string().as_str());
     let wasm_config = manifest.config().media_type().to_string() == WASM_CONFIG;
     let wasm_layers: Vec<&Descriptor> = manifest.layers().iter().filter(is_wasm).collect();
@@ -218,7 +260,7 @@ fn choose_layer(manifest: &ImageManifest, name: Option<&str>) -> Result<Option<S
             }
         }
     };
-    Ok(Some(chosen.digest().to_string()))
+    Ok(Some((chosen.digest().to_string(), chosen.size())))
 }
 
 #[cfg(test)]
@@ -257,14 +299,14 @@ mod tests {
     fn every_wasm_layer_type_is_taken() {
         for media_type in WASM_LAYERS {
             let chosen = choose_layer(&manifest(WASM_CONFIG, &[(media_type, "a", None)]), None).unwrap();
-            assert_eq!(chosen, Some(format!("sha256:{}", "a".repeat(64))), "{media_type}");
+            assert_eq!(chosen, Some((format!("sha256:{}", "a".repeat(64)), 1)), "{media_type}");
         }
     }
 
     #[test]
     fn a_title_chooses_among_several_layers() {
         let m = manifest(WASM_CONFIG, &[("application/wasm", "a", Some("one.wasm")), ("application/wasm", "b", Some("two.wasm"))]);
-        assert_eq!(choose_layer(&m, Some("/two.wasm")).unwrap(), Some(format!("sha256:{}", "b".repeat(64))));
+        assert_eq!(choose_layer(&m, Some("/two.wasm")).unwrap(), Some((format!("sha256:{}", "b".repeat(64)), 1)));
         let err = choose_layer(&m, Some("three.wasm")).unwrap_err().to_string();
         assert!(err.contains("2 wasm layers and the container's command (three.wasm) names none"), "{err}");
     }
@@ -277,6 +319,17 @@ mod tests {
         assert!(err.to_string().contains(TAR), "{err}");
         let err = choose_layer(&manifest(WASM_CONFIG, &[]), None).unwrap_err().to_string();
         assert!(err.contains("without a wasm layer"), "{err}");
+    }
+
+    #[test]
+    fn a_blob_keeps_to_its_descriptors_size() {
+        let mut check = SizeCheck::new("layer", "sha256:x", 10);
+        check.add(6).unwrap();
+        let err = check.add(6).unwrap_err().to_string();
+        assert!(err.contains("larger than the 10 bytes its descriptor says"), "{err}");
+        let mut short = SizeCheck::new("layer", "sha256:x", 10);
+        short.add(4).unwrap();
+        assert!(short.finish().unwrap_err().to_string().contains("is 4 bytes, its descriptor says 10"));
     }
 
     #[test]

@@ -107,8 +107,8 @@ impl Creator {
         let Some(layer) = store.wasm_layer(container_id, entry.map(|e| e.name))? else {
             return Ok(None);
         };
-        let file = cache.layer(layer.hex(), |file| store.copy_layer(&layer, file))?;
-        Ok(Some(ProgramSource::Layer { sha256: layer.hex().to_string(), image: layer.image, file }))
+        cache.open()?.layer(layer.hex(), |file| store.copy_layer(&layer, file))?;
+        Ok(Some(ProgramSource::Layer { sha256: layer.hex().to_string(), image: layer.image }))
     }
 
     /// Hands a non-wasm container to runc with its full spec.

@@ -4,6 +4,7 @@
 //! launch plan, sets itself up as the plan says (setup.rs), reports on the
 //! status pipe, waits for Start, then runs the guest and exits with its code.
 
+mod compile;
 mod compiled_code;
 mod engine;
 mod isolation;
@@ -24,8 +25,12 @@ use crate::shared::launch_plan::LaunchPlan;
 use crate::shared::status_pipe::{OUT_OF_MEMORY, START_FD, STATUS_FD};
 
 pub fn main() -> ! {
-    // Safety: the daemon hands this descriptor over and nothing else owns it.
+    // Safety: the daemon hands these descriptors over and nothing else owns them.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
+    // The compiler process this instance may run must not hold its pipes.
+    for fd in [STATUS_FD, START_FD] {
+        let _ = nix::fcntl::fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
+    }
     let set_up = LaunchPlan::receive().and_then(|plan| Ok((setup::setup(&plan, &mut status)?, plan.termination_message)));
     let (ready, termination_message) = match set_up {
         Ok(ready) => ready,

@@ -3,25 +3,13 @@
 //! all syscalls but those its seccomp filter allows (seccomp.rs).
 
 use anyhow::{bail, Context, Result};
-use caps::CapSet;
-use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 
 use super::seccomp;
 use crate::shared::launch_plan::{RlimitPlan, UserPlan};
+use crate::shared::sandbox;
 
 pub fn drop_all(user: &UserPlan) -> Result<()> {
-    // The bounding set can only shrink while CAP_SETPCAP is still held.
-    caps::clear(None, CapSet::Bounding).context("clear the capability bounding set")?;
-    caps::clear(None, CapSet::Ambient).context("clear ambient capabilities")?;
-    become_user(user)?;
-    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
-        caps::clear(None, set).with_context(|| format!("clear {set:?} capabilities"))?;
-    }
-    nix::sys::prctl::set_no_new_privs().context("set no_new_privs")?;
-    for filter in seccomp::filters(std::process::id())? {
-        seccompiler::apply_filter_all_threads(&filter).context("install the seccomp filter")?;
-    }
-    Ok(())
+    sandbox::drop_to(user, &seccomp::filters(std::process::id())?)
 }
 
 /// The spec's rlimits; raising a hard limit needs the capabilities still held.
@@ -50,15 +38,5 @@ pub fn ensure_single_thread() -> Result<()> {
     if threads != 1 {
         bail!("the instance has {threads} threads before dropping privileges; it must have one");
     }
-    Ok(())
-}
-
-fn become_user(user: &UserPlan) -> Result<()> {
-    let groups: Vec<Gid> = user.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
-    setgroups(&groups).context("set supplementary groups")?;
-    let gid = Gid::from_raw(user.gid);
-    setresgid(gid, gid, gid).with_context(|| format!("set gid {gid}"))?;
-    let uid = Uid::from_raw(user.uid);
-    setresuid(uid, uid, uid).with_context(|| format!("set uid {uid}"))?;
     Ok(())
 }

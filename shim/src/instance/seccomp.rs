@@ -9,22 +9,10 @@
 //! library the guest's image ships, say, that libc's resolver would load).
 //! Everything else fails with EPERM.
 
-use std::collections::BTreeMap;
+use anyhow::Result;
+use seccompiler::{BpfProgram, SeccompRule};
 
-use anyhow::{Context, Result};
-use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond, SeccompFilter, SeccompRule,
-    TargetArch,
-};
-
-/// Namespace flags of clone(2); its low byte is the exit signal, not flags.
-const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
-    | libc::CLONE_NEWCGROUP
-    | libc::CLONE_NEWUTS
-    | libc::CLONE_NEWIPC
-    | libc::CLONE_NEWUSER
-    | libc::CLONE_NEWPID
-    | libc::CLONE_NEWNET) as u64;
+use crate::shared::sandbox::{self, any_of};
 
 /// ioctl requests: non-blocking and close-on-exec on descriptors, terminal
 /// checks of the stdio, bytes readable, and PAGEMAP_SCAN, with which the
@@ -44,42 +32,27 @@ const IOCTLS: [u64; 9] = [
 /// prctl operations: thread names (tokio's workers) and anonymous mapping names.
 const PRCTLS: [u64; 3] = [libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64, libc::PR_SET_VMA as u64];
 
-/// The filters to install, in order, for the process `own_pid` (as its
-/// PID namespace numbers it): clone3's ENOSYS first (the allowlist then
-/// forbids installing more), then the allowlist, which lets clone3 through
-/// to the first filter's answer (an errno beats an allow, whatever the order).
+/// The filters for the process `own_pid` (as its PID namespace numbers it).
 pub fn filters(own_pid: u32) -> Result<Vec<BpfProgram>> {
-    let arch = TargetArch::try_from(std::env::consts::ARCH).context("seccomp target architecture")?;
-    let clone3 = SeccompFilter::new([(libc::SYS_clone3, vec![])].into(), SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch)?;
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED.iter().map(|nr| (*nr, vec![])).collect();
-    rules.insert(libc::SYS_clone3, vec![]);
-    for (nr, conditions) in conditional(own_pid)? {
-        rules.insert(nr, conditions);
-    }
-    let allowlist = SeccompFilter::new(rules, SeccompAction::Errno(libc::EPERM as u32), SeccompAction::Allow, arch)?;
-    Ok(vec![clone3.try_into()?, allowlist.try_into()?])
+    sandbox::filters(ALLOWED, conditional(own_pid)?)
 }
 
 /// Syscalls allowed with some arguments only: each rule is one allowed case.
 fn conditional(own_pid: u32) -> Result<Vec<(i64, Vec<SeccompRule>)>> {
-    let eq = |arg, value: u64| Cond::new(arg, Len::Dword, Op::Eq, value);
-    let one = |cond: std::result::Result<Cond, seccompiler::BackendError>| -> Result<SeccompRule> { Ok(SeccompRule::new(vec![cond?])?) };
-    let any_of = |arg: u8, values: &[u64]| -> Result<Vec<SeccompRule>> { values.iter().map(|v| one(eq(arg, *v))).collect() };
     let own = own_pid as u64;
-    let no_exec = || one(Cond::new(2, Len::Qword, Op::MaskedEq(libc::PROT_EXEC as u64), 0));
-    Ok(vec![
+    let mut rules = vec![
         (libc::SYS_kill, any_of(0, &[own])?),
         (libc::SYS_tgkill, any_of(0, &[own])?),
         (libc::SYS_prlimit64, any_of(0, &[0, own])?),
-        (libc::SYS_clone, vec![one(Cond::new(0, Len::Qword, Op::MaskedEq(NAMESPACE_FLAGS), 0))?]),
+        (libc::SYS_clone, sandbox::threads_only()?),
         (libc::SYS_socket, any_of(0, &[libc::AF_INET as u64, libc::AF_INET6 as u64])?),
         // tokio's signal driver wakes itself through an unnamed pair.
         (libc::SYS_socketpair, any_of(0, &[libc::AF_UNIX as u64])?),
         (libc::SYS_ioctl, any_of(1, &IOCTLS)?),
         (libc::SYS_prctl, any_of(0, &PRCTLS)?),
-        (libc::SYS_mmap, vec![no_exec()?]),
-        (libc::SYS_mprotect, vec![no_exec()?]),
-    ])
+    ];
+    rules.extend(sandbox::never_executable()?);
+    Ok(rules)
 }
 
 /// Allowed whatever their arguments.

@@ -3,7 +3,7 @@
 //! in the node cache, and its cache key is the sha256 of the wasm.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -25,9 +25,15 @@ pub fn load(plan: &LaunchPlan, name: &str) -> Result<(Program, Outcome)> {
             let key = hex::encode(Sha256::digest(&wasm));
             engine::load(Kind::of(&wasm), &plan.cache, &key, || Ok(wasm), name, &plan.env)
         }
-        ProgramSource::Layer { sha256, file, .. } => {
-            let read = || std::fs::read(file).with_context(|| format!("read {}", file.display()));
-            engine::load(Kind::of(&preamble(file)?), &plan.cache, sha256, read, name, &plan.env)
+        ProgramSource::Layer { sha256, .. } => {
+            let mut layer = plan.cache.open()?.open_layer(sha256)?;
+            let kind = Kind::of(&preamble(&mut layer).with_context(|| format!("read {name}"))?);
+            let read = || {
+                let mut wasm = Vec::new();
+                layer.rewind().and_then(|()| layer.read_to_end(&mut wasm)).with_context(|| format!("read {name}"))?;
+                Ok(wasm)
+            };
+            engine::load(kind, &plan.cache, sha256, read, name, &plan.env)
         }
     }
 }
@@ -38,8 +44,8 @@ fn read_in_rootfs(rootfs: &Path, path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 /// The first bytes of a wasm file, enough to tell its kind.
-fn preamble(file: &Path) -> Result<Vec<u8>> {
+fn preamble(file: &mut File) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::with_capacity(8);
-    File::open(file).and_then(|f| f.take(8).read_to_end(&mut bytes)).with_context(|| format!("read {}", file.display()))?;
+    file.take(8).read_to_end(&mut bytes)?;
     Ok(bytes)
 }

@@ -57,7 +57,7 @@ pub enum ProgramSource {
     /// A file in the container's rootfs, by its absolute path there.
     Rootfs { path: PathBuf },
     /// A wasm layer of the container's image, copied into the node cache.
-    Layer { image: String, sha256: String, file: PathBuf },
+    Layer { image: String, sha256: String },
 }
 
 impl ProgramSource {

@@ -4,6 +4,9 @@
 
 pub mod allocator;
 pub mod cgroup;
+pub mod compile_protocol;
+pub mod engine_config;
 pub mod launch_plan;
 pub mod node_cache;
+pub mod sandbox;
 pub mod status_pipe;

@@ -10,14 +10,13 @@
 //! the memos of earlier ones.
 
 use std::fs::{self, File};
-use std::io::{self, Seek, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use crate::shared::node_cache::{is_memo_dir, NodeCache};
+use crate::shared::node_cache::CacheDir;
 
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
@@ -25,18 +24,29 @@ pub struct Digests {
     /// The cache's memo directory of this boot: one file per identity,
     /// holding the hex digest; None when the boot cannot be told (every
     /// file is hashed).
-    dir: Option<PathBuf>,
+    memo: Option<CacheDir>,
 }
 
 impl Digests {
     /// The memo of this boot in `cache`; one that remembers nothing (hash
-    /// every time) when the boot cannot be told.
-    pub fn of_this_boot(cache: &NodeCache) -> Self {
-        match fs::read_to_string(BOOT_ID) {
-            Ok(boot) => Digests { dir: Some(cache.memo_dir(boot.trim())) },
+    /// every time) when the boot cannot be told. The first start of a boot
+    /// removes the memos of earlier ones.
+    pub fn of_this_boot(cache: &CacheDir) -> Self {
+        let boot = match fs::read_to_string(BOOT_ID) {
+            Ok(boot) => boot.trim().to_string(),
             Err(err) => {
                 warn!("read {BOOT_ID}: {err}: compiled code is hashed on every start");
-                Digests { dir: None }
+                return Digests { memo: None };
+            }
+        };
+        for earlier in cache.other_memos(&boot) {
+            let _ = fs::remove_dir_all(cache.path_of(&earlier));
+        }
+        match cache.memo(&boot) {
+            Ok(memo) => Digests { memo: Some(memo) },
+            Err(err) => {
+                warn!("{err:#}: compiled code is hashed on every start");
+                Digests { memo: None }
             }
         }
     }
@@ -44,54 +54,32 @@ impl Digests {
     /// The hex sha256 of the whole file, read from its start unless this
     /// boot has hashed the file before. Leaves the file's offset anywhere.
     pub fn sha256(&self, file: &File) -> io::Result<String> {
-        let Some(dir) = &self.dir else { return sha256(file) };
+        let Some(memo) = &self.memo else { return sha256(file) };
         let identity = identity(file)?;
-        if let Ok(known) = fs::read_to_string(dir.join(&identity)) {
-            if known.len() == 64 {
-                return Ok(known);
-            }
+        let mut known = String::new();
+        if memo.open(&identity).and_then(|mut f| f.read_to_string(&mut known)).is_ok() && known.len() == 64 {
+            return Ok(known);
         }
         let digest = sha256(file)?;
-        remember_identity(dir, &identity, &digest);
+        self.remember_identity(&identity, &digest);
         Ok(digest)
     }
 
     /// Records that `file`, as it is now, has this digest (its writer just
     /// computed it).
     pub fn remember(&self, file: &File, digest: &str) {
-        let Some(dir) = &self.dir else { return };
         match identity(file) {
-            Ok(identity) => remember_identity(dir, &identity, digest),
+            Ok(identity) => self.remember_identity(&identity, digest),
             Err(err) => warn!("remember a digest: {err}"),
         }
     }
-}
 
-/// A memo that cannot be written only costs a hash on the next start.
-fn remember_identity(dir: &Path, identity: &str, digest: &str) {
-    if let Err(err) = write(dir, identity, digest) {
-        warn!("remember the digest of a file in {}: {err}", dir.display());
-    }
-}
-
-fn write(dir: &Path, identity: &str, digest: &str) -> io::Result<()> {
-    if fs::create_dir(dir).is_ok() {
-        forget_earlier_boots(dir);
-    }
-    // Not synced: a crash is a new boot, which does not read this memo.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(digest.as_bytes())?;
-    tmp.persist(dir.join(identity)).map_err(|e| e.error)?;
-    Ok(())
-}
-
-fn forget_earlier_boots(ours: &Path) {
-    let (Some(parent), Some(ours)) = (ours.parent(), ours.file_name()) else { return };
-    let Ok(entries) = fs::read_dir(parent) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if name != ours && is_memo_dir(&entry.path()) {
-            let _ = fs::remove_dir_all(entry.path());
+    /// A memo that cannot be written only costs a hash on the next start.
+    /// Not synced: a crash is a new boot, which does not read this memo.
+    fn remember_identity(&self, identity: &str, digest: &str) {
+        let Some(memo) = &self.memo else { return };
+        if let Err(err) = memo.write_atomically(identity, |f| f.write_all(digest.as_bytes())) {
+            warn!("remember a digest: {err:#}");
         }
     }
 }
@@ -123,9 +111,12 @@ fn identity(file: &File) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::node_cache::NodeCache;
+    use std::path::{Path, PathBuf};
 
     fn memo(dir: &Path, boot: &str) -> Digests {
-        Digests { dir: Some(NodeCache::new(dir, 0).memo_dir(boot)) }
+        let cache = NodeCache::new(dir.join("cache"), 0).open().unwrap();
+        Digests { memo: Some(cache.memo(boot).unwrap()) }
     }
 
     fn file_with(dir: &Path, name: &str, content: &[u8]) -> (PathBuf, File) {
@@ -165,10 +156,12 @@ mod tests {
     fn a_new_boot_forgets_earlier_ones() {
         let dir = tempfile::tempdir().unwrap();
         let (_, file) = file_with(dir.path(), "f", b"abc");
-        let earlier = memo(dir.path(), "boot-a");
-        earlier.remember(&file, &"0".repeat(64));
-        let now = memo(dir.path(), "boot-b");
-        assert_ne!(now.sha256(&file).unwrap(), "0".repeat(64));
-        assert!(!dir.path().join("digests-boot-a").exists());
+        memo(dir.path(), "boot-a").remember(&file, &"0".repeat(64));
+        let cache = NodeCache::new(dir.path().join("cache"), 0).open().unwrap();
+        assert_eq!(cache.other_memos("boot-b"), vec!["digests-boot-a"]);
+        for earlier in cache.other_memos("boot-b") {
+            fs::remove_dir_all(cache.path_of(&earlier)).unwrap();
+        }
+        assert_ne!(memo(dir.path(), "boot-b").sha256(&file).unwrap(), "0".repeat(64));
     }
 }

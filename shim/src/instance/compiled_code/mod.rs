@@ -6,15 +6,19 @@
 //! check of its own beyond a header; it is sound only for bytes that the
 //! same wasmtime compiled with compatible settings and that nobody changed
 //! since. Here that holds because:
-//! - entries are written only by [`lookup`], compiled by the engine whose
+//! - the cache is trusted only when root alone can change it, and every
+//!   entry is reached through its directory's descriptor, never through a
+//!   symlink (shared/node_cache.rs);
+//! - entries are written only by [`lookup`], compiled for the engine whose
 //!   compatibility hash names their directory, through a temporary file
 //!   renamed into place (never rewritten in place), with their sha256 in a
 //!   checksum file beside them;
-//! - an entry is mapped only after its sha256 matched that checksum (this
-//!   boot's memo in digests.rs spares hashing a file whose identity did not
-//!   change), and one that does not match is rebuilt, never loaded;
-//! - [`Verified`] is the proof of both: only [`lookup`] makes one, and only
-//!   it deserializes, into an engine of the same compilation settings
+//! - an entry is mapped only after the sha256 of the very file it was
+//!   opened as matched that checksum (this boot's memo in digests.rs spares
+//!   hashing a file whose identity did not change), and mapped from that
+//!   open file, not by its name again; one that does not match is rebuilt;
+//! - [`Verified`] is the proof of all this: only [`lookup`] makes one, and
+//!   only it deserializes, into an engine of the same compilation settings
 //!   (wasmtime refuses others by their header).
 
 mod digests;
@@ -22,7 +26,8 @@ mod digests;
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -30,7 +35,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
-use crate::shared::node_cache::{self, NodeCache};
+use crate::shared::node_cache::{fd_path, CacheDir, NodeCache};
 use digests::Digests;
 
 /// What happened to a lookup, for the shim log.
@@ -38,56 +43,62 @@ use digests::Digests;
 pub enum Outcome {
     Hit,
     Miss,
-    /// The entry failed its checksum (truncated, corrupt) and was rebuilt.
+    /// The entry was unsound (truncated, corrupt, a symlink, not root's)
+    /// and was rebuilt.
     Rebuilt,
 }
 
-/// A compiled entry that passed its checksum this boot.
+/// A compiled entry that passed its checksum this boot, held open.
 #[derive(Debug)]
 pub struct Verified {
-    path: PathBuf,
+    file: File,
+    shown: PathBuf,
 }
 
 /// The verified compiled code for the wasm whose sha256 is `key`, compiled
 /// by `compile` (under the entry's lock, so concurrent first starts compile
 /// once) when the cache has no sound entry.
 pub fn lookup(cache: &NodeCache, engine: &Engine, key: &str, compile: impl FnOnce() -> Result<Vec<u8>>) -> Result<(Verified, Outcome)> {
-    let dir = cache.compiled_dir(&engine_hash(engine));
-    let artifact = dir.join(format!("{key}.cwasm"));
-    let checksum = dir.join(format!("{key}.sha256"));
-    let digests = Digests::of_this_boot(cache);
-    let hit = |path: PathBuf| {
-        // The checksum file keeps the time of use: touching the artifact
-        // would change its identity and cost a hash.
-        node_cache::touch(&checksum);
-        Ok((Verified { path }, Outcome::Hit))
-    };
-    if verify(&artifact, &checksum, &digests).unwrap_or(false) {
-        return hit(artifact);
+    let root = cache.open()?;
+    let dir = root.compiled(&engine_hash(engine))?;
+    let (artifact, checksum) = (format!("{key}.cwasm"), format!("{key}.sha256"));
+    let digests = Digests::of_this_boot(&root);
+    if let Ok(Some(file)) = verify(&dir, &artifact, &checksum, &digests) {
+        return Ok(hit(&dir, file, &artifact, &checksum));
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("create cache directory {}", dir.display()))?;
     // Whoever holds the lock compiles; the others wait and then load.
-    let _lock = node_cache::lock(&dir.join(format!("{key}.lock")))?;
-    let outcome = match verify(&artifact, &checksum, &digests) {
-        Ok(true) => return hit(artifact),
-        Ok(false) => Outcome::Rebuilt,
+    let _lock = dir.lock(&format!("{key}.lock"))?;
+    let outcome = match verify(&dir, &artifact, &checksum, &digests) {
+        Ok(Some(file)) => return Ok(hit(&dir, file, &artifact, &checksum)),
+        Ok(None) => Outcome::Rebuilt,
         Err(_) => Outcome::Miss,
     };
+    if outcome == Outcome::Rebuilt {
+        // Whatever is there (a symlink included) goes; the rename replaces it.
+        dir.remove(&artifact);
+    }
     let compiled = compile()?;
     let digest = hex::encode(Sha256::digest(&compiled));
-    node_cache::write_atomically(&artifact, |file| file.write_all(&compiled))?;
-    node_cache::write_atomically(&checksum, |file| file.write_all(digest.as_bytes()))?;
-    if let Ok(file) = File::open(&artifact) {
-        digests.remember(&file, &digest);
-    }
-    cache.evict(&artifact);
-    Ok((Verified { path: artifact }, outcome))
+    dir.write_atomically(&artifact, |file| file.write_all(&compiled))?;
+    dir.write_atomically(&checksum, |file| file.write_all(digest.as_bytes()))?;
+    let file = dir.open(&artifact).with_context(|| format!("open {}", dir.path_of(&artifact).display()))?;
+    digests.remember(&file, &digest);
+    root.evict(&dir.path_of(&artifact));
+    Ok((Verified { file, shown: dir.path_of(&artifact) }, outcome))
+}
+
+fn hit(dir: &CacheDir, file: File, artifact: &str, checksum: &str) -> (Verified, Outcome) {
+    // The checksum file keeps the time of use: touching the artifact would
+    // change its identity and cost a hash.
+    dir.touch(checksum);
+    (Verified { file, shown: dir.path_of(artifact) }, Outcome::Hit)
 }
 
 impl Verified {
     /// Maps the entry as a core module of `engine` (`name` for errors).
     pub fn module(&self, engine: &Engine, name: &str) -> Result<Module> {
-        // Safety: see the module's contract; `self` proves the entry sound.
+        // Safety: see the module's contract; `self` proves the entry sound,
+        // and its descriptor's magic link reopens exactly the file hashed.
         self.map(name, |path| unsafe { Module::deserialize_file(engine, path) })
     }
 
@@ -98,7 +109,9 @@ impl Verified {
     }
 
     fn map<T>(&self, name: &str, deserialize: impl FnOnce(&Path) -> wasmtime::Result<T>) -> Result<T> {
-        deserialize(&self.path).map_err(anyhow::Error::from).with_context(|| format!("load compiled {name} from {}", self.path.display()))
+        deserialize(&fd_path(&self.file))
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("load compiled {name} from {}", self.shown.display()))
     }
 }
 
@@ -109,11 +122,19 @@ fn engine_hash(engine: &Engine) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-/// Ok(true): sound entry; Ok(false): present but corrupt; Err: absent or unreadable.
-fn verify(artifact: &Path, checksum: &Path, digests: &Digests) -> std::io::Result<bool> {
-    let expected = std::fs::read_to_string(checksum)?;
-    let actual = digests.sha256(&File::open(artifact)?)?;
-    Ok(expected.trim() == actual)
+/// Ok(Some(file)): a sound entry, open; Ok(None): present but unsound;
+/// Err: absent.
+fn verify(dir: &CacheDir, artifact: &str, checksum: &str, digests: &Digests) -> std::io::Result<Option<File>> {
+    let mut expected = String::new();
+    dir.open(checksum)?.read_to_string(&mut expected)?;
+    let file = match dir.open(artifact) {
+        Ok(file) => file,
+        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let meta = file.metadata()?;
+    let only_root_writes = meta.is_file() && meta.uid() == 0 && meta.permissions().mode() & 0o022 == 0;
+    Ok((only_root_writes && expected.trim() == digests.sha256(&file)?).then_some(file))
 }
 
 #[cfg(test)]
@@ -148,19 +169,23 @@ mod tests {
         fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let (wasm, key) = wasm();
-            Fixture { cache: NodeCache::new(dir.path(), u64::MAX), _dir: dir, engine: Engine::default(), wasm, key }
+            Fixture { cache: NodeCache::new(dir.path().join("cache"), u64::MAX), _dir: dir, engine: Engine::default(), wasm, key }
         }
 
         /// Looks the module up, compiling it if the cache has no sound entry.
         fn lookup(&self) -> (PathBuf, Outcome) {
-            let (verified, outcome) = lookup(&self.cache, &self.engine, &self.key, || compile(&self.engine, &self.wasm)).unwrap();
-            (verified.path, outcome)
+            let (verified, outcome) = self.verified();
+            (verified.shown, outcome)
+        }
+
+        fn verified(&self) -> (Verified, Outcome) {
+            lookup(&self.cache, &self.engine, &self.key, || compile(&self.engine, &self.wasm)).unwrap()
         }
 
         /// Looks the module up, failing the test if it compiles.
         fn hit(&self) -> (PathBuf, Outcome) {
             let (verified, outcome) = lookup(&self.cache, &self.engine, &self.key, || panic!("compiled twice")).unwrap();
-            (verified.path, outcome)
+            (verified.shown, outcome)
         }
     }
 
@@ -170,7 +195,31 @@ mod tests {
         let (path, first) = f.lookup();
         assert_eq!(first, Outcome::Miss);
         assert_eq!(f.hit(), (path.clone(), Outcome::Hit));
-        Verified { path }.module(&f.engine, "m").unwrap();
+        f.verified().0.module(&f.engine, "m").unwrap();
+    }
+
+    #[test]
+    fn the_bytes_mapped_are_those_verified_whatever_replaced_the_entry_since() {
+        let f = Fixture::new();
+        let (verified, _) = f.verified();
+        // Another module, valid compiled code of the same engine, renamed over the entry.
+        let other = compile(&f.engine, &wat::parse_str(r#"(module (func (export "other")))"#).unwrap()).unwrap();
+        let swap = verified.shown.with_extension("swap");
+        fs::write(&swap, other).unwrap();
+        fs::rename(&swap, &verified.shown).unwrap();
+        let module = verified.module(&f.engine, "m").unwrap();
+        assert!(module.get_export("_start").is_some() && module.get_export("other").is_none());
+    }
+
+    #[test]
+    fn a_symlinked_entry_is_rebuilt_not_followed() {
+        let f = Fixture::new();
+        let (path, _) = f.lookup();
+        let target = path.with_file_name("elsewhere.cwasm");
+        fs::rename(&path, &target).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert_eq!(f.lookup().1, Outcome::Rebuilt);
+        assert!(!fs::symlink_metadata(&path).unwrap().file_type().is_symlink());
     }
 
     #[test]
@@ -230,7 +279,7 @@ mod tests {
         let other = Engine::new(&config).unwrap();
         let (a, _) = f.lookup();
         let (b, outcome) = lookup(&f.cache, &other, &f.key, || compile(&other, &f.wasm)).unwrap();
-        assert_ne!(a, b.path);
+        assert_ne!(a, b.shown);
         assert_eq!(outcome, Outcome::Miss);
     }
 }

@@ -5,20 +5,20 @@
 mod component;
 mod guest;
 mod http;
-mod kind;
 mod module;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use wasmtime::component::Component;
 use wasmtime::Module;
 use wasmtime_wasi::I32Exit;
 
+use super::compile;
 use super::compiled_code::{self, Outcome};
 use crate::shared::node_cache::NodeCache;
 use guest::report_error;
 pub use guest::Guest;
-use kind::new_engine;
-pub use kind::Kind;
+pub use crate::shared::engine_config::Kind;
+use crate::shared::engine_config::new_engine;
 
 /// Exit code of a trapped module: 128 + SIGABRT, as for a native abort.
 pub const TRAP_EXIT_CODE: i32 = 134;
@@ -47,14 +47,7 @@ pub enum ReadyGuest {
 /// guest's environment `env` configures it.
 pub fn load(kind: Kind, cache: &NodeCache, key: &str, read: impl FnOnce() -> Result<Vec<u8>>, name: &str, env: &[String]) -> Result<(Program, Outcome)> {
     let engine = new_engine(kind)?;
-    let (verified, outcome) = compiled_code::lookup(cache, &engine, key, || {
-        let wasm = read()?;
-        let compiled = match kind {
-            Kind::Component => engine.precompile_component(&wasm),
-            Kind::Module => engine.precompile_module(&wasm),
-        };
-        compiled.map_err(|e| anyhow!("invalid wasm module {name}: {e:#}"))
-    })?;
+    let (verified, outcome) = compiled_code::lookup(cache, &engine, key, || compile::compile(kind, &read()?, name))?;
     let program = match kind {
         Kind::Component => {
             let component = verified.component(&engine, name)?;

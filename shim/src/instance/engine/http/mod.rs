@@ -26,7 +26,7 @@ use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use super::guest::{report_error, Guest};
-use super::kind::{engine_config, Kind};
+use crate::shared::engine_config::{engine_config, Kind};
 use crate::instance::compiled_code::Verified;
 use budget::Budget;
 use epoch::Clock;

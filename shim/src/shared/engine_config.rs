@@ -1,6 +1,6 @@
 //! The kinds of wasm (core module, component) and the engine settings each
 //! is compiled with: compiled code depends on them, so every engine of one
-//! kind is made here.
+//! kind, the compiler's and the instance's, is made here.
 
 use anyhow::Result;
 use wasmtime::{Config, Engine};
@@ -13,6 +13,18 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The compiler's argument for this kind, and back.
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Kind::Module => "module",
+            Kind::Component => "component",
+        }
+    }
+
+    pub fn from_arg(arg: &str) -> Option<Kind> {
+        [Kind::Module, Kind::Component].into_iter().find(|kind| kind.as_arg() == arg)
+    }
+
     /// From the preamble: `\0asm`, then version 0x0d and layer 1 for a
     /// component (a core module has version 1, layer 0).
     pub fn of(wasm: &[u8]) -> Kind {
@@ -29,9 +41,6 @@ pub fn new_engine(kind: Kind) -> Result<Engine> {
 
 /// The settings compiled code depends on, for every engine of one kind.
 pub fn engine_config(kind: Kind) -> Config {
-    // wasmtime is built without parallel compilation: compiling runs before
-    // privileges are dropped, and capabilities are per thread, so no
-    // compiler thread may outlive it.
     let mut config = Config::new();
     if kind == Kind::Component {
         // Checks in the code let an HTTP server cut a runaway request (only
