@@ -18,8 +18,9 @@ PYYAML=PyYAML==6.0.3
 # CRI streaming exec speaks WebSocket (channel.k8s.io).
 WEBSOCKET_CLIENT=websocket-client==1.9.2
 # The chart tests: Helm 4's Go SDK, to render and lint charts/wasmlet with
-# no helm binary, and the Kubernetes 1.25-1.37 schemas to validate it.
-CHART_TOOLS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0)
+# no helm binary, the Kubernetes 1.30-1.37 schemas to validate it, and a
+# CEL evaluator for its ValidatingAdmissionPolicy.
+CHART_TOOLS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 cel-python==0.5.0)
 # wabt (wat2wasm) assembles the test modules written as text (images/wat);
 # jq and iproute2 for the test CNI plugin (tests/cri/cni/wasmlet-loopback);
 # wrk loads the HTTP servers in `make bench`; musl-tools (musl-gcc) and
@@ -81,4 +82,4 @@ pip_install_unless "grpc, containerd.services.tasks.v1.tasks_pb2" "${GRPC_PACKAG
 pip_install_unless grpc_tools.protoc --no-deps "${GRPC_TOOLS[@]}"
 pip_install_unless yaml "$PYYAML"
 pip_install_unless websocket "$WEBSOCKET_CLIENT"
-pip_install_unless "helm_python, kubernetes_validate" "${CHART_TOOLS[@]}"
+pip_install_unless "helm_python, kubernetes_validate, celpy" "${CHART_TOOLS[@]}"

@@ -1,13 +1,15 @@
 """charts/wasmlet rendered and linted offline (Helm 4's Go SDK through
 helm-python-sdk, no helm binary), every manifest validated strictly against
-the Kubernetes schemas of 1.25 to 1.37 (kubernetes-validate), for the
-default values and some variants; and what the manifests say checked
-against what the installer reads."""
+the Kubernetes schemas of 1.30 to 1.37 (kubernetes-validate), for the
+default values and some variants; what the manifests say checked against
+what the installer reads; and the node policy's CEL evaluated (cel-python)
+against the requests an installer, or root on its node, could make."""
 
 import json
 import os
 import re
 
+import celpy
 import helm_python as helm
 import kubernetes_validate
 import pytest
@@ -16,7 +18,8 @@ import yaml
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(REPO, "charts", "wasmlet")
 INSTALLER_MAIN = os.path.join(REPO, "installer", "src", "main.rs")
-KUBERNETES_VERSIONS = [f"1.{minor}" for minor in range(25, 38)]
+# From 1.30: ValidatingAdmissionPolicy (v1) and node-bound service account tokens.
+KUBERNETES_VERSIONS = [f"1.{minor}" for minor in range(30, 38)]
 NAMESPACE = "wasmlet-system"
 
 VARIANTS = {
@@ -154,25 +157,99 @@ def test_the_runtime_class_schedules_onto_installed_nodes(variant):
     assert runtime_class.get("overhead") == overhead
 
 
-def test_rbac_and_the_uninstall_hook(variant):
+def account_rules(kinds, account):
+    """Every rule granted to a service account through the chart's bindings."""
+    roles = {(r["kind"], r["metadata"]["name"]): r for r in kinds["ClusterRole"] + kinds["Role"]}
+    return [rule for binding in kinds["ClusterRoleBinding"] + kinds["RoleBinding"]
+            if {"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE} in binding["subjects"]
+            for rule in roles[(binding["roleRef"]["kind"], binding["roleRef"]["name"])]["rules"]]
+
+
+def test_the_installer_and_the_uninstall_hook_have_separate_narrow_accounts(variant):
     _, release, values, kinds, _ = variant
     (daemonset,) = kinds["DaemonSet"]
     name = daemonset["metadata"]["name"]
-    account = values.get("serviceAccount", {}).get("name") or name
-    assert daemonset["spec"]["template"]["spec"]["serviceAccountName"] == account
-    assert ("ServiceAccount" in kinds) == values.get("serviceAccount", {}).get("create", True)
-    (cluster_role,) = kinds["ClusterRole"]
-    assert cluster_role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "patch"]}]
-    (role,) = kinds["Role"]
-    assert role["rules"][0]["resourceNames"] == [name]
-    for binding in kinds["ClusterRoleBinding"] + kinds["RoleBinding"]:
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    installer = values.get("serviceAccount", {}).get("name") or name
     (job,) = kinds["Job"]
+    hook = job["spec"]["template"]["spec"]["serviceAccountName"]
+    assert daemonset["spec"]["template"]["spec"]["serviceAccountName"] == installer
+    assert hook == f"{name}-uninstall" and hook != installer
+    created = {a["metadata"]["name"] for a in kinds["ServiceAccount"]}
+    assert created == ({installer, hook} if values.get("serviceAccount", {}).get("create", True) else {hook})
+    # The installer: its nodes only (the policy below narrows the patch); no DaemonSet.
+    assert account_rules(kinds, installer) == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    # The hook: read nodes, patch this DaemonSet alone.
+    assert account_rules(kinds, hook) == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
+        {"apiGroups": ["apps"], "resources": ["daemonsets"], "resourceNames": [name], "verbs": ["get", "patch"]},
+    ]
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
     (container,) = job["spec"]["template"]["spec"]["containers"]
     timeout = values.get("uninstall", {}).get("timeoutSeconds", 300)
     assert container["args"] == ["cleanup", f"--daemonset={name}", f"--timeout={timeout}"]
     assert container["securityContext"]["runAsNonRoot"] is True
+    # The DaemonSet's selector does not take the hook's pod for its own.
+    selector = daemonset["spec"]["selector"]["matchLabels"]
+    hook_labels = job["spec"]["template"]["metadata"]["labels"]
+    assert not all(hook_labels.get(k) == v for k, v in selector.items())
+
+
+class NodePolicy:
+    """The chart's ValidatingAdmissionPolicy, evaluated as the API server would."""
+
+    def __init__(self, kinds):
+        (self.policy,) = kinds["ValidatingAdmissionPolicy"]
+        (self.binding,) = kinds["ValidatingAdmissionPolicyBinding"]
+        self.environment = celpy.Environment()
+
+    def _evaluate(self, expression, activation):
+        return self.environment.program(self.environment.compile(expression)).evaluate(activation)
+
+    def allows(self, username, node_name, old, new, sub_resource=""):
+        """Whether a node UPDATE by `username` (whose token is bound to a pod
+        on `node_name`) from `old` to `new` is let through."""
+        request = {"userInfo": {"username": username, "extra": {"authentication.kubernetes.io/node-name": [node_name]}},
+                   "subResource": sub_resource}
+        activation = {"request": celpy.json_to_cel(request), "object": celpy.json_to_cel(new),
+                      "oldObject": celpy.json_to_cel(old)}
+        spec = self.policy["spec"]
+        if not all(self._evaluate(c["expression"], activation) for c in spec["matchConditions"]):
+            return True
+        variables = {v["name"]: self._evaluate(v["expression"], activation) for v in spec["variables"]}
+        activation["variables"] = celpy.celtypes.MapType({celpy.celtypes.StringType(k): v for k, v in variables.items()})
+        return all(self._evaluate(v["expression"], activation) for v in spec["validations"])
+
+
+def node(name, labels, taints=()):
+    return {"metadata": {"name": name, "labels": dict(labels), "annotations": {"node.alpha/ttl": "0"}},
+            "spec": {"podCIDR": "", "taints": list(taints)}}
+
+
+def test_the_node_policy_holds_the_installer_to_its_own_node_and_label(variant):
+    _, release, values, kinds, _ = variant
+    policy = NodePolicy(kinds)
+    (daemonset,) = kinds["DaemonSet"]
+    installer = values.get("serviceAccount", {}).get("name") or daemonset["metadata"]["name"]
+    account = f"system:serviceaccount:{NAMESPACE}:{installer}"
+    label = values.get("installer", {}).get("nodeLabel", "wasmlet.dev/installed")
+    assert policy.binding["spec"] == {"policyName": policy.policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert policy.policy["spec"]["failurePolicy"] == "Fail"
+    base = {"kubernetes.io/hostname": "a", "team": "blue"}
+    plain, labelled = node("a", base), node("a", {**base, label: "true"})
+    # What the installer does: its label on its node, and off again.
+    assert policy.allows(account, "a", plain, labelled)
+    assert policy.allows(account, "a", labelled, plain)
+    # What root on node a could try with the same token.
+    assert not policy.allows(account, "a", node("b", base), node("b", {**base, label: "true"})), "another node"
+    assert not policy.allows(account, "a", plain, node("a", {**base, "team": "red"})), "another label"
+    assert not policy.allows(account, "a", plain, node("a", {"kubernetes.io/hostname": "a"})), "a label removed"
+    assert not policy.allows(account, "a", plain, node("a", base, [{"key": "x", "effect": "NoSchedule"}])), "a taint"
+    changed = node("a", base)
+    changed["metadata"]["annotations"]["x"] = "y"
+    assert not policy.allows(account, "a", plain, changed), "an annotation"
+    assert not policy.allows(account, "a", plain, labelled, sub_resource="status"), "the status"
+    # Anyone else is not this policy's business.
+    assert policy.allows("system:node:a", "a", plain, node("a", {"team": "red"}))
 
 
 def notes_pod(notes):
