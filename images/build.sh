@@ -42,7 +42,7 @@ WAT_MODULES=(start-reader start-loop)
 # (libraries, so cargo names their file with underscores).
 COMPONENT_WORKLOADS=(tcp-hello)
 HTTP_WORKLOADS=(hello-http)
-BUSYBOX_APPLETS=(sh echo sleep cat true ls nc httpd)
+BUSYBOX_APPLETS=(sh echo sleep cat true ls nc httpd rm mkdir ln)
 
 log() { echo "build.sh: $*" >&2; }
 

@@ -19,7 +19,7 @@ import grpc
 from harness import REPO_ROOT
 from kubelet import v1
 from pods import Pod
-from test_cri_pods import exited, host_dir, manifest
+from test_cri_pods import empty_dir, exited, host_dir, manifest
 
 PACK = os.path.join(REPO_ROOT, "images", "pack.py")
 PROBE_WASM = os.path.join(REPO_ROOT, "images", "workloads", "target", "wasm32-wasip1", "release", "probe.wasm")
@@ -263,4 +263,63 @@ def test_a_cache_directory_others_can_write_is_refused(cri):
     finally:
         os.chmod(cri.ctd.cache_dir, 0o700)
     assert f"{cri.ctd.cache_dir} is writable by others (mode 777)" in message, message
+    assert cri.ctd.leftovers() == []
+
+
+# Swaps /shared/sub between a directory and a symlink to / for as long as it runs.
+SWAPPER = "while :; do rm -rf /shared/sub; mkdir /shared/sub; rm -rf /shared/sub; ln -s / /shared/sub; done"
+
+
+def mount_points_of(pid, source):
+    """Where the process `pid` has `source` (a host directory) mounted."""
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return [fields[4] for fields in (line.split() for line in f) if fields[3] == source]
+
+
+def test_a_mount_target_swapped_for_a_symlink_is_not_followed(cri):
+    volume = host_dir(cri, "volume", {"marker": ("the volume\n", 0o644)})
+    document = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "swap", "namespace": "default"}, "spec": {
+        "runtimeClassName": "wasmlet", "restartPolicy": "Never",
+        "volumes": [{"name": "shared", "emptyDir": {}}, {"name": "volume", "hostPath": {"path": volume, "type": "Directory"}}],
+        "containers": [
+            {"name": "swapper", "image": "wasmlet.test/busybox:latest", "command": ["/bin/sh", "-c", SWAPPER],
+             "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]},
+            {"name": "guest", "image": "wasmlet.test/sleep:latest",
+             "volumeMounts": [{"name": "shared", "mountPath": "/shared"}, {"name": "volume", "mountPath": "/shared/sub"}]},
+        ]}}
+    pod = Pod(document)
+    outcomes = []
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        swapper = cri.kubelet.create_container(pod, sandbox_id, "swapper")
+        cri.kubelet.start_container(swapper)
+        for _ in range(20):
+            guest = cri.kubelet.create_container(pod, sandbox_id, "guest")
+            try:
+                cri.kubelet.start_container(guest)
+                pid = cri.kubelet.container_info(guest)["pid"]
+                outcomes.append(("mounted at", mount_points_of(pid, volume)))
+                cri.kubelet.stop_container(guest, grace_seconds=5)
+            except grpc.RpcError as err:
+                outcomes.append(("refused", err.details()))
+            cri.kubelet.remove_container(guest)
+        cri.kubelet.stop_container(swapper, grace_seconds=1)
+        # Once nothing swaps it, the volume is mounted where the spec says.
+        sub = os.path.join(empty_dir(cri, pod, "shared"), "sub")
+        if os.path.islink(sub):
+            os.remove(sub)
+        os.makedirs(sub, exist_ok=True)
+        guest = cri.kubelet.create_container(pod, sandbox_id, "guest")
+        cri.kubelet.start_container(guest)
+        quiet = mount_points_of(cri.kubelet.container_info(guest)["pid"], volume)
+        cri.kubelet.stop_container(guest, grace_seconds=5)
+    assert quiet == ["/shared/sub"], quiet
+    for outcome, detail in outcomes:
+        if outcome == "refused":
+            # Resolved while it was a symlink, or while it was not there.
+            assert "goes through a symlink inside a volume" in detail or "mount /shared/sub" in detail, detail
+        else:
+            # Where the spec said, or nowhere once the swapper removed the
+            # directory (which detaches a mount on it in every namespace):
+            # never on the symlink's target, which nothing would detach.
+            assert detail in (["/shared/sub"], []), detail
     assert cri.ctd.leftovers() == []
