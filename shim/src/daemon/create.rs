@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use cgroups_rs::fs::hierarchies;
 use containerd_shim::api::CreateTaskRequest;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -19,7 +20,7 @@ use super::exits::Exits;
 use super::runc::Runc;
 use super::runtime_options::RuntimeOptions;
 use super::stdio::IoPaths;
-use super::task::{remove_cgroup_when_empty, Task};
+use super::task::{Task, TaskCgroup};
 use super::task_record::TaskRecord;
 use super::{launch, planning, rootfs};
 use crate::shared::launch_plan::ProgramSource;
@@ -51,7 +52,9 @@ impl Creator {
         let bundle = Path::new(&req.bundle);
         let spec = Spec::load(bundle.join("config.json")).context("read the OCI spec")?;
         let rootfs = planning::rootfs_dir(&spec, bundle);
-        TaskRecord { rootfs: rootfs.clone(), cgroup: planning::cgroup_path(&spec).ok().flatten() }.write(bundle)?;
+        let cgroup = planning::cgroup_of(&spec).ok().flatten();
+        let (cgroup, scope) = (cgroup.as_ref().map(|c| c.path.clone()), cgroup.and_then(|c| c.scope));
+        TaskRecord { rootfs: rootfs.clone(), cgroup, scope }.write(bundle)?;
         rootfs::mount(&rootfs, &req.rootfs)?;
         let io = IoPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
         let created = self.create_in(&Container { req, bundle, spec: &spec, rootfs: &rootfs, io });
@@ -84,16 +87,24 @@ impl Creator {
         let plan = planning::launch_plan(c.spec, c.rootfs, program, entry.unwrap_or_default(), cache)?;
         let id = &c.req.id;
         let cgroup = plan.cgroup.as_ref().map(|group| group.path.clone());
-        match launch::launch(c.bundle, &plan, &c.io, &self.exits, |line| info!(task = %id, "{line}")) {
-            Ok(launched) => Ok(Task::wasm(id.clone(), c.bundle.to_path_buf(), c.rootfs.to_path_buf(), c.io.clone(), cgroup, launched)),
+        let scope = planning::cgroup_of(c.spec)?.and_then(|location| location.scope);
+        let resources = plan.cgroup.as_ref().and_then(|group| group.resources.as_ref());
+        // With the systemd driver the instance waits for its plan in its scope.
+        let place = |pid| match &scope {
+            Some(scope) => scope.start(pid, resources, hierarchies::is_cgroup2_unified_mode()),
+            None => Ok(()),
+        };
+        match launch::launch(c.bundle, &plan, &c.io, &self.exits, place, |line| info!(task = %id, "{line}")) {
+            Ok(launched) => {
+                let task_cgroup = TaskCgroup { path: cgroup, scope };
+                Ok(Task::wasm(id.clone(), c.bundle.to_path_buf(), c.rootfs.to_path_buf(), c.io.clone(), task_cgroup, launched))
+            }
             Err((pid, err)) => {
                 if let Some(pid) = pid {
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                     self.exits.discard(pid);
                 }
-                if let Some(path) = &cgroup {
-                    remove_cgroup_when_empty(path);
-                }
+                TaskCgroup { path: cgroup, scope }.remove();
                 Err(err)
             }
         }
@@ -119,8 +130,8 @@ impl Creator {
             // runc may have kept state for the half-made container.
             let _ = runc.delete(id, c.bundle);
         })?;
-        // runc owns this cgroup; the path is kept for Stats.
-        let cgroup = planning::cgroup_path(c.spec).ok().flatten();
+        // runc owns this cgroup (and its scope); the path is kept for Stats.
+        let cgroup = TaskCgroup { path: planning::cgroup_of(c.spec).ok().flatten().map(|c| c.path), scope: None };
         Ok(Task::native(id.clone(), c.bundle.to_path_buf(), c.rootfs.to_path_buf(), c.io.clone(), cgroup, pid, runc))
     }
 }

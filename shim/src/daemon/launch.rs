@@ -37,15 +37,24 @@ impl StartPipe {
     }
 }
 
-/// Spawns the instance of the container in `bundle`, sends it `plan` and
-/// waits for its report. The process spawned goes on as a child in its PID
-/// namespace and leaves: its exit is discarded in `exits`, and the child's
-/// pid is the task's. `on_log` receives the instance's log lines; an `Err`
-/// carries its setup error, and the pid of the failed process for the
-/// caller to account for.
-pub fn launch(bundle: &Path, plan: &LaunchPlan, io: &IoPaths, exits: &Exits, on_log: impl Fn(&str)) -> Result<Launched, (Option<u32>, anyhow::Error)> {
+/// Spawns the instance of the container in `bundle`, lets `place` put the
+/// process where it belongs (a systemd scope) while it waits for its plan,
+/// sends it `plan` and waits for its report. The process spawned goes on as
+/// a child in its PID namespace and leaves: its exit is discarded in
+/// `exits`, and the child's pid is the task's. `on_log` receives the
+/// instance's log lines; an `Err` carries its setup error, and the pid of
+/// the failed process for the caller to account for.
+pub fn launch(
+    bundle: &Path,
+    plan: &LaunchPlan,
+    io: &IoPaths,
+    exits: &Exits,
+    place: impl FnOnce(u32) -> Result<()>,
+    on_log: impl Fn(&str),
+) -> Result<Launched, (Option<u32>, anyhow::Error)> {
     let (command, pipes) = prepare_command(bundle, io).map_err(|e| (None, e))?;
     let spawned = spawn(command, pipes.child_ends).map_err(|e| (None, e))?;
+    place(spawned).map_err(|e| (Some(spawned), e))?;
     // An instance that dies before reading its plan reports nothing: the
     // status pipe's end-of-file says so below.
     let _ = plan.send(File::from(pipes.plan_write));

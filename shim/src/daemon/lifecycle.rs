@@ -68,11 +68,15 @@ impl containerd_shim::Shim for WasmletShim {
         let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
         // Without a record Create never got as far as mounting: containerd's
         // default place is unmounted in case.
-        let record = TaskRecord::read(&bundle).unwrap_or_else(|| TaskRecord { rootfs: bundle.join("rootfs"), cgroup: None });
+        let record = TaskRecord::read(&bundle).unwrap_or_else(|| TaskRecord { rootfs: bundle.join("rootfs"), cgroup: None, scope: None });
         if let Some(path) = &record.cgroup {
             // The instance outlives its shim: it is found through its cgroup.
             cgroup::kill_all(path);
-            if let Err(err) = cgroup::remove_when_empty(path) {
+            let removed = match &record.scope {
+                Some(scope) => scope.stop(),
+                None => cgroup::remove_when_empty(path),
+            };
+            if let Err(err) = removed {
                 eprintln!("wasmlet: {err:#}");
             }
         }

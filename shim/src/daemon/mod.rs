@@ -20,6 +20,7 @@ mod runtime_options;
 mod service;
 mod stats;
 mod stdio;
+mod systemd_scope;
 mod task;
 mod task_api;
 mod task_record;

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, PosixRlimit, PosixRlimitType, Spec, User};
 
 use super::entrypoint::Entrypoint;
+use super::systemd_scope::SystemdScope;
 use crate::shared::cgroup;
 use crate::shared::launch_plan::{
     CgroupPlan, LaunchPlan, MountFlags, MountKind, MountPlan, NamespaceKind, NamespacePlan, PidNamespace, ProgramSource,
@@ -30,7 +31,7 @@ pub fn launch_plan(spec: &Spec, rootfs: &Path, program: ProgramSource, entry: En
         *first = entry.name.to_string();
     }
     let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
-    let cgroup = cgroup_path(spec)?.map(|path| CgroupPlan { path, resources: resources.cloned() });
+    let cgroup = cgroup_of(spec)?.map(|c| CgroupPlan { path: c.path, resources: resources.cloned(), made_by_systemd: c.scope.is_some() });
     let namespaces = namespace_plan(spec)?;
     // The hostname is the container's only in a UTS namespace of its own.
     let hostname = spec.hostname().clone().filter(|h| !h.is_empty() && namespaces.create.contains(&NamespaceKind::Uts));
@@ -62,17 +63,26 @@ pub fn rootfs_dir(spec: &Spec, bundle: &Path) -> PathBuf {
     bundle.join(root)
 }
 
-/// The spec's cgroup path, relative to the hierarchy root; `None` when the
-/// spec names none (the task then stays in the shim's cgroup).
-pub fn cgroup_path(spec: &Spec) -> Result<Option<String>> {
+/// Where a container's cgroup is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupLocation {
+    /// Below the hierarchy root.
+    pub path: String,
+    /// The systemd driver's scope, for a `slice:prefix:name` cgroupsPath.
+    pub scope: Option<SystemdScope>,
+}
+
+/// The spec's cgroup; `None` when the spec names none (the task then stays
+/// in the shim's cgroup).
+pub fn cgroup_of(spec: &Spec) -> Result<Option<CgroupLocation>> {
     let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) else {
         return Ok(None);
     };
     let path = path.to_string_lossy().to_string();
-    if path.contains(':') {
-        bail!("cgroup path {path} uses the systemd driver, which wasmlet does not support yet: configure containerd with SystemdCgroup = false");
+    match SystemdScope::of(&path).transpose()? {
+        Some(scope) => Ok(Some(CgroupLocation { path: scope.cgroup_path()?, scope: Some(scope) })),
+        None => Ok(Some(CgroupLocation { path: path.trim_start_matches('/').to_string(), scope: None })),
     }
-    Ok(Some(path.trim_start_matches('/').to_string()))
 }
 
 /// The termination-message file, when one is mounted into the container.
@@ -290,9 +300,16 @@ mod tests {
     }
 
     #[test]
+    fn a_systemd_cgroup_path_is_a_scope_the_daemon_makes() {
+        let plan = plan_of(&pod_spec("kubepods-besteffort-pod1.slice:cri-containerd:abc", None)).unwrap();
+        let cgroup = plan.cgroup.unwrap();
+        assert_eq!(cgroup.path, "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-abc.scope");
+        assert!(cgroup.made_by_systemd);
+        assert!(!plan_of(&pod_spec("/c1", None)).unwrap().cgroup.unwrap().made_by_systemd);
+    }
+
+    #[test]
     fn what_wasm_containers_cannot_have_is_refused_at_create() {
-        let systemd = plan_of(&pod_spec("system.slice:cri:abc", None)).unwrap_err();
-        assert!(systemd.to_string().contains("systemd driver"), "{systemd}");
         let user_ns = plan_of(&pod_spec("/c1", Some(LinuxNamespaceType::User))).unwrap_err();
         assert!(user_ns.to_string().contains("user namespaces are not supported"), "{user_ns}");
     }

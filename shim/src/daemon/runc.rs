@@ -111,6 +111,11 @@ impl Runc {
             command.arg("--systemd-cgroup");
         }
         command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        // containerd under systemd (Type=notify) has NOTIFY_SOCKET, which the
+        // daemon inherits: runc would then proxy the container's sd_notify
+        // through a socket of its own, which containerd's runc shim never
+        // asks of it.
+        command.env_remove("NOTIFY_SOCKET");
         command
     }
 

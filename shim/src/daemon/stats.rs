@@ -7,8 +7,12 @@ use containerd_shim::protos::cgroups::metrics as v1;
 use containerd_shim::protos::cgroups_v2::metrics as v2;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 
+use std::path::Path;
+
 use super::events::pack;
 use crate::shared::cgroup::stat_field;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// The metrics of the cgroup at `path`.
 pub fn metrics(path: &str) -> Result<Any> {
@@ -18,6 +22,9 @@ pub fn metrics(path: &str) -> Result<Any> {
     if !cgroup.exists() {
         bail!("cgroup {path} does not exist");
     }
+    if is_v2 {
+        return pack("io.containerd.cgroups.v2.Metrics", &v2_metrics(&Path::new(CGROUP_ROOT).join(path)));
+    }
     let memory = cgroup.controller_of::<cgroups_rs::fs::memory::MemController>().map(|m| m.memory_stat());
     let pids = cgroup.controller_of::<cgroups_rs::fs::pid::PidController>();
     let pids_current = pids.and_then(|p| p.get_pid_current().ok()).unwrap_or(0);
@@ -25,24 +32,6 @@ pub fn metrics(path: &str) -> Result<Any> {
         Some(MaxValue::Value(v)) => v as u64,
         _ => 0,
     };
-    if is_v2 {
-        let mut m = v2::Metrics::new();
-        if let Some(mem) = memory {
-            m.mut_memory().usage = mem.usage_in_bytes;
-            m.mut_memory().usage_limit = mem.limit_in_bytes.max(0) as u64;
-            m.mut_memory().max_usage = mem.max_usage_in_bytes;
-        }
-        if let Some(cpu) = cgroup.controller_of::<cgroups_rs::fs::cpu::CpuController>() {
-            let stat = cpu.cpu().stat;
-            let field = |name: &str| stat_field(&stat, name);
-            m.mut_cpu().usage_usec = field("usage_usec");
-            m.mut_cpu().user_usec = field("user_usec");
-            m.mut_cpu().system_usec = field("system_usec");
-        }
-        m.mut_pids().current = pids_current;
-        m.mut_pids().limit = pids_limit;
-        return pack("io.containerd.cgroups.v2.Metrics", &m);
-    }
     let mut m = v1::Metrics::new();
     if let Some(mem) = memory {
         let usage = m.mut_memory().mut_usage();
@@ -62,4 +51,78 @@ pub fn metrics(path: &str) -> Result<Any> {
     m.mut_pids().current = pids_current;
     m.mut_pids().limit = pids_limit;
     pack("io.containerd.cgroups.v1.Metrics", &m)
+}
+
+/// cgroup v2's counters, read from the cgroup's files as kubelet's cadvisor
+/// and containerd's own shim read them: memory.stat whole (kubelet's working
+/// set is usage minus inactive_file), memory.current and .max, swap, the
+/// memory events, cpu.stat and pids.
+fn v2_metrics(dir: &Path) -> v2::Metrics {
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    let number = |file: &str| read(file).trim().parse::<u64>().unwrap_or(0);
+    // A limit of "max" reads as u64::MAX, as containerd's own stats do.
+    let limit = |file: &str| match read(file).trim() {
+        "max" => u64::MAX,
+        text => text.parse().unwrap_or(0),
+    };
+    let mut m = v2::Metrics::new();
+    let stat = read("memory.stat");
+    let field = |name: &str| stat_field(&stat, name);
+    let memory = m.mut_memory();
+    (memory.anon, memory.file, memory.kernel_stack, memory.slab, memory.sock, memory.shmem) =
+        (field("anon"), field("file"), field("kernel_stack"), field("slab"), field("sock"), field("shmem"));
+    (memory.file_mapped, memory.file_dirty, memory.file_writeback, memory.anon_thp) =
+        (field("file_mapped"), field("file_dirty"), field("file_writeback"), field("anon_thp"));
+    (memory.inactive_anon, memory.active_anon, memory.inactive_file, memory.active_file, memory.unevictable) =
+        (field("inactive_anon"), field("active_anon"), field("inactive_file"), field("active_file"), field("unevictable"));
+    (memory.slab_reclaimable, memory.slab_unreclaimable, memory.pgfault, memory.pgmajfault) =
+        (field("slab_reclaimable"), field("slab_unreclaimable"), field("pgfault"), field("pgmajfault"));
+    (memory.workingset_refault, memory.workingset_activate, memory.workingset_nodereclaim) =
+        (field("workingset_refault"), field("workingset_activate"), field("workingset_nodereclaim"));
+    memory.usage = number("memory.current");
+    memory.usage_limit = limit("memory.max");
+    memory.max_usage = number("memory.peak");
+    memory.swap_usage = number("memory.swap.current");
+    memory.swap_limit = limit("memory.swap.max");
+    let events = read("memory.events");
+    let events_field = |name: &str| stat_field(&events, name);
+    let memory_events = m.mut_memory_events();
+    (memory_events.low, memory_events.high, memory_events.max, memory_events.oom, memory_events.oom_kill) =
+        (events_field("low"), events_field("high"), events_field("max"), events_field("oom"), events_field("oom_kill"));
+    let cpu_stat = read("cpu.stat");
+    let cpu_field = |name: &str| stat_field(&cpu_stat, name);
+    let cpu = m.mut_cpu();
+    (cpu.usage_usec, cpu.user_usec, cpu.system_usec) = (cpu_field("usage_usec"), cpu_field("user_usec"), cpu_field("system_usec"));
+    (cpu.nr_periods, cpu.nr_throttled, cpu.throttled_usec) = (cpu_field("nr_periods"), cpu_field("nr_throttled"), cpu_field("throttled_usec"));
+    m.mut_pids().current = number("pids.current");
+    // "max" reads as no number: 0, containerd's "no limit".
+    m.mut_pids().limit = number("pids.max");
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_files_become_containerds_metrics() {
+        let dir = tempfile::tempdir().unwrap();
+        for (file, text) in [
+            ("memory.stat", "anon 1000\nfile 500\ninactive_file 200\nactive_file 300\n"),
+            ("memory.current", "1600\n"),
+            ("memory.max", "max\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n"),
+            ("cpu.stat", "usage_usec 42\nuser_usec 30\nsystem_usec 12\n"),
+            ("pids.current", "2\n"),
+            ("pids.max", "100\n"),
+        ] {
+            std::fs::write(dir.path().join(file), text).unwrap();
+        }
+        let m = v2_metrics(dir.path());
+        let memory = m.memory.as_ref().unwrap();
+        assert_eq!((memory.usage, memory.anon, memory.file, memory.inactive_file, memory.usage_limit), (1600, 1000, 500, 200, u64::MAX));
+        assert_eq!(m.memory_events.as_ref().unwrap().oom_kill, 1);
+        assert_eq!(m.cpu.as_ref().unwrap().usage_usec, 42);
+        assert_eq!((m.pids.as_ref().unwrap().current, m.pids.as_ref().unwrap().limit), (2, 100));
+    }
 }

@@ -20,6 +20,7 @@ use super::process::{Process, StartError};
 use super::rootfs;
 use super::runc::Runc;
 use super::stdio::IoPaths;
+use super::systemd_scope::SystemdScope;
 use super::task_record::TaskRecord;
 use crate::shared::cgroup;
 use crate::shared::status_pipe::OUT_OF_MEMORY;
@@ -34,6 +35,28 @@ enum Runtime {
     Native(Arc<Runc>),
 }
 
+/// Where a task's processes are: a cgroup (below the hierarchy root), in a
+/// systemd scope when the daemon made one for a wasm task.
+#[derive(Debug, Default)]
+pub struct TaskCgroup {
+    pub path: Option<String>,
+    pub scope: Option<SystemdScope>,
+}
+
+impl TaskCgroup {
+    /// Stops the scope, or removes the cgroup; what cannot be is logged.
+    pub fn remove(&self) {
+        let removed = match (&self.scope, &self.path) {
+            (Some(scope), _) => scope.stop(),
+            (None, Some(path)) => cgroup::remove_when_empty(path),
+            (None, None) => Ok(()),
+        };
+        if let Err(err) = removed {
+            warn!("{err:#}");
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Task {
     pub id: String,
@@ -41,7 +64,7 @@ pub struct Task {
     /// Where containerd's rootfs is mounted, unmounted on Delete.
     pub rootfs: PathBuf,
     /// The task's cgroup, read for Stats and removed on Delete.
-    pub cgroup: Option<String>,
+    pub cgroup: TaskCgroup,
     pub init: Arc<Process>,
     runtime: Runtime,
     /// Exec processes by exec id (native containers only).
@@ -76,17 +99,17 @@ pub enum TaskError {
 }
 
 impl Task {
-    pub fn wasm(id: String, bundle: PathBuf, rootfs: PathBuf, io: IoPaths, cgroup: Option<String>, launched: Launched) -> Self {
+    pub fn wasm(id: String, bundle: PathBuf, rootfs: PathBuf, io: IoPaths, cgroup: TaskCgroup, launched: Launched) -> Self {
         let Launched { pid, start, late_report } = launched;
         let runtime = Runtime::Wasm { start: Mutex::new(Some(start)), late_report: Mutex::new(Some(late_report)) };
         Task::new(id, bundle, rootfs, io, cgroup, pid, runtime)
     }
 
-    pub fn native(id: String, bundle: PathBuf, rootfs: PathBuf, io: IoPaths, cgroup: Option<String>, pid: u32, runc: Arc<Runc>) -> Self {
+    pub fn native(id: String, bundle: PathBuf, rootfs: PathBuf, io: IoPaths, cgroup: TaskCgroup, pid: u32, runc: Arc<Runc>) -> Self {
         Task::new(id, bundle, rootfs, io, cgroup, pid, Runtime::Native(runc))
     }
 
-    fn new(id: String, bundle: PathBuf, rootfs: PathBuf, io: IoPaths, cgroup: Option<String>, pid: u32, runtime: Runtime) -> Self {
+    fn new(id: String, bundle: PathBuf, rootfs: PathBuf, io: IoPaths, cgroup: TaskCgroup, pid: u32, runtime: Runtime) -> Self {
         let init = Arc::new(Process::new(&id, format!("task {id}"), io, pid));
         Task { id, bundle, rootfs, cgroup, init, runtime, execs: Mutex::default() }
     }
@@ -178,7 +201,7 @@ impl Task {
     /// The task's processes: a native container's whole cgroup (it may
     /// have forked); a wasm task is its instance.
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids = match (&self.runtime, &self.cgroup) {
+        let mut pids = match (&self.runtime, &self.cgroup.path) {
             (Runtime::Native(_), Some(path)) => cgroup::pids(path),
             _ => vec![],
         };
@@ -197,7 +220,7 @@ impl Task {
                 let _ = report.read_to_string(&mut said);
             }
         }
-        said.lines().any(|l| l == OUT_OF_MEMORY) || self.cgroup.as_deref().is_some_and(cgroup::oom_killed)
+        said.lines().any(|l| l == OUT_OF_MEMORY) || self.cgroup.path.as_deref().is_some_and(cgroup::oom_killed)
     }
 
     /// Refuses a running task; a created or stopped one may be deleted.
@@ -222,9 +245,7 @@ impl Task {
                 warn!(task = %self.id, "init process did not exit after SIGKILL");
             }
         }
-        if let Some(path) = &self.cgroup {
-            remove_cgroup_when_empty(path);
-        }
+        self.cgroup.remove();
         rootfs::unmount(&self.rootfs);
         TaskRecord::remove(&self.bundle);
     }
@@ -232,12 +253,5 @@ impl Task {
     fn exec(&self, exec_id: &str) -> Result<Arc<Exec>, TaskError> {
         let missing = || TaskError::NoSuchExec { task: self.id.clone(), exec: exec_id.to_string() };
         self.execs.lock().unwrap().get(exec_id).cloned().ok_or_else(missing)
-    }
-}
-
-/// Removes a cgroup a task left, logging what cannot be removed.
-pub fn remove_cgroup_when_empty(path: &str) {
-    if let Err(err) = cgroup::remove_when_empty(path) {
-        warn!("{err:#}");
     }
 }

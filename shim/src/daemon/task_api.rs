@@ -156,7 +156,7 @@ impl TaskApi for Service {
 
     fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
         let task = self.task(&req.id)?;
-        let path = task.cgroup.as_deref().ok_or_else(|| rpc_error(Code::NOT_FOUND, format!("task {} has no cgroup", task.id)))?;
+        let path = task.cgroup.path.as_deref().ok_or_else(|| rpc_error(Code::NOT_FOUND, format!("task {} has no cgroup", task.id)))?;
         let any = stats::metrics(path).map_err(|e| rpc_error(Code::INTERNAL, format!("{e:#}")))?;
         Ok(StatsResponse { stats: MessageField::some(any), ..Default::default() })
     }

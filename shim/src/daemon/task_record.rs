@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::systemd_scope::SystemdScope;
+
 const FILE: &str = "wasmlet-task.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,6 +17,8 @@ pub struct TaskRecord {
     pub rootfs: PathBuf,
     /// The task's cgroup, whose processes outlive a dead daemon.
     pub cgroup: Option<String>,
+    /// The systemd scope the daemon made for a wasm task, to stop.
+    pub scope: Option<SystemdScope>,
 }
 
 impl TaskRecord {
@@ -41,7 +45,8 @@ mod tests {
     fn a_record_reads_back() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(TaskRecord::read(dir.path()), None);
-        let record = TaskRecord { rootfs: dir.path().join("rootfs"), cgroup: Some("default/t1".into()) };
+        let scope = Some(SystemdScope { slice: "a.slice".into(), unit: "b-c.scope".into() });
+        let record = TaskRecord { rootfs: dir.path().join("rootfs"), cgroup: Some("default/t1".into()), scope };
         record.write(dir.path()).unwrap();
         assert_eq!(TaskRecord::read(dir.path()), Some(record));
         TaskRecord::remove(dir.path());

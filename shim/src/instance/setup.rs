@@ -16,7 +16,8 @@ use crate::shared::launch_plan::LaunchPlan;
 /// Sets everything up and returns the guest ready to run.
 pub fn setup(plan: &LaunchPlan, status: &mut File) -> Result<ReadyGuest> {
     // The cgroup first, so that everything below is accounted to the container.
-    if let Some(group) = &plan.cgroup {
+    // (With the systemd driver the daemon put it in its scope already.)
+    if let Some(group) = plan.cgroup.as_ref().filter(|group| !group.made_by_systemd) {
         cgroup::create_and_join(&group.path, group.resources.as_ref(), std::process::id())?;
     }
     if let Some(score) = plan.oom_score_adj {

@@ -135,6 +135,10 @@ pub enum NamespaceKind {
 pub struct CgroupPlan {
     pub path: String,
     pub resources: Option<LinuxResources>,
+    /// The systemd driver's scope, which the daemon makes with the
+    /// instance in it and its limits set; otherwise the instance makes the
+    /// cgroup and joins it (cgroupfs).
+    pub made_by_systemd: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
