@@ -113,8 +113,10 @@ def generate(out_dir=STUBS_DIR):
 
 @functools.lru_cache(maxsize=None)  # one cargo metadata per process is enough
 def load_stubs():
-    """Generate if needed and import the stubs; returns (v1_pb2, v1_pb2_grpc)."""
-    out_dir = generate()
+    """Generate if needed and import the stubs; returns (v1_pb2, v1_pb2_grpc).
+    WASMLET_CRI_STUBS names stubs made elsewhere (the VM node has no cargo
+    or grpcio-tools: the host makes them)."""
+    out_dir = os.environ.get("WASMLET_CRI_STUBS") or generate()
     if out_dir not in sys.path:
         sys.path.insert(0, out_dir)
     return (importlib.import_module(f"{PACKAGE}.v1_pb2"),

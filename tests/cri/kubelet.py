@@ -16,6 +16,12 @@ read like the pod lifecycle:
     kubelet.remove_pod_sandbox(sandbox_id)
     kubelet.close()
 
+Before RunPodSandbox it makes the pod's cgroup as kubelet does for its cgroup
+driver: with cgroupfs the directory ROOT/[<qos>/]pod<uid> (in every hierarchy
+that counts what a pod uses; on cgroup v2 with its parents' controllers
+enabled), with systemd the slices kubepods.slice/kubepods-<qos>.slice/
+kubepods-<qos>-pod<uid>.slice (transient units over systemd's D-Bus API,
+through busctl); and it passes that as the sandbox's cgroup_parent.
 Failed calls raise grpc.RpcError; .details() holds containerd's message.
 Images must be in containerd's k8s.io namespace: imported, or pulled with
 pull_image (tests/e2e/test_cri_images.py, from a loopback registry).
@@ -26,6 +32,7 @@ import glob
 import json
 import os
 import shutil
+import subprocess
 import time
 
 import grpc
@@ -40,7 +47,7 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 class Kubelet:
     """CRI RuntimeService and ImageService of one containerd, used like kubelet."""
 
-    def __init__(self, socket, root_dir, cgroup_root, timeout=60):
+    def __init__(self, socket, root_dir, cgroup_root, timeout=60, cgroup_driver="cgroupfs"):
         self.channel = grpc.insecure_channel(f"unix://{socket}")
         self.runtime = v1_grpc.RuntimeServiceStub(self.channel)
         self.images = v1_grpc.ImageServiceStub(self.channel)
@@ -49,6 +56,7 @@ class Kubelet:
         self.pods_dir = os.path.join(root_dir, "pods")
         self.logs_dir = os.path.join(root_dir, "logs")
         self.cgroup_root = cgroup_root
+        self.cgroup_driver = cgroup_driver
         self._sandboxes = {}  # sandbox id -> (Pod, PodSandboxConfig)
 
     def close(self):
@@ -90,9 +98,13 @@ class Kubelet:
         pod.prepare(pod_dir)
         log_directory = pod.log_directory(self.logs_dir)
         os.makedirs(log_directory, exist_ok=True)
-        config = pod.sandbox_config(log_directory, pod.cgroup_parent(self.cgroup_root))
-        sandbox_id = self._call(self.runtime.RunPodSandbox, v1.RunPodSandboxRequest(
-            config=config, runtime_handler=pod.runtime_handler())).pod_sandbox_id
+        config = pod.sandbox_config(log_directory, self.make_pod_cgroup(pod))
+        try:
+            sandbox_id = self._call(self.runtime.RunPodSandbox, v1.RunPodSandboxRequest(
+                config=config, runtime_handler=pod.runtime_handler())).pod_sandbox_id
+        except grpc.RpcError:
+            self.remove_pod_cgroup(config.linux.cgroup_parent)
+            raise
         self._sandboxes[sandbox_id] = (pod, config)
         network = self.pod_sandbox_status(sandbox_id).network
         ips = [ip for ip in [network.ip] + [a.ip for a in network.additional_ips] if ip]
@@ -113,8 +125,37 @@ class Kubelet:
         pod, config = self._sandboxes.pop(sandbox_id, (None, None))
         if pod is None:
             return
-        remove_cgroup(config.linux.cgroup_parent)
+        self.remove_pod_cgroup(config.linux.cgroup_parent)
         shutil.rmtree(self.pod_dir(pod), ignore_errors=True)
+
+    def remove_pod_cgroup(self, parent):
+        if self.cgroup_driver == "systemd":
+            stop_slice(parent)
+        else:
+            remove_cgroup(parent)
+
+    def make_pod_cgroup(self, pod):
+        """The pod's cgroup, made as kubelet makes it; returns the
+        cgroup_parent to give CRI."""
+        if self.cgroup_driver == "systemd":
+            slices = pod.systemd_slices()
+            for name in slices:
+                start_slice(name)
+            return slices[-1]
+        path = pod.cgroup_parent(self.cgroup_root)
+        make_cgroup(path)
+        return path
+
+    def pod_cgroup_dir(self, pod, controller="memory"):
+        """The pod's cgroup directory for `controller` (v1), or the pod's
+        directory on the unified hierarchy."""
+        if self.cgroup_driver == "systemd":
+            relative = "/".join(pod.systemd_slices())
+        else:
+            relative = pod.cgroup_parent(self.cgroup_root).strip("/")
+        if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):
+            return os.path.join(CGROUP_ROOT, relative)
+        return os.path.join(CGROUP_ROOT, controller, relative)
 
     def remove_all(self):
         """Stop and remove every pod sandbox, for a clean teardown."""
@@ -212,6 +253,44 @@ class Kubelet:
         """ListContainerStats of every container, or of one pod's."""
         request = v1.ListContainerStatsRequest(filter=v1.ContainerStatsFilter(pod_sandbox_id=sandbox_id))
         return self._call(self.runtime.ListContainerStats, request).stats
+
+
+# The v1 hierarchies that count what a pod uses, where kubelet makes pod
+# cgroups first (runc makes the rest); on v2, the controllers to enable.
+V1_POD_HIERARCHIES = ["memory", "cpu", "cpuacct", "cpu,cpuacct", "pids"]
+V2_POD_CONTROLLERS = ["cpu", "memory", "pids"]
+
+
+def make_cgroup(path):
+    """A pod's cgroup directory with its parents (cgroupfs driver)."""
+    relative = path.strip("/")
+    if os.path.exists(os.path.join(CGROUP_ROOT, "cgroup.controllers")):
+        # v2: each level hands its children the controllers kubelet uses.
+        current = CGROUP_ROOT
+        for part in relative.split("/"):
+            with open(os.path.join(current, "cgroup.subtree_control"), "w") as f:
+                f.write(" ".join(f"+{c}" for c in V2_POD_CONTROLLERS))
+            current = os.path.join(current, part)
+            os.makedirs(current, exist_ok=True)
+        return
+    for hierarchy in V1_POD_HIERARCHIES:
+        if os.path.isdir(os.path.join(CGROUP_ROOT, hierarchy)):
+            os.makedirs(os.path.join(CGROUP_ROOT, hierarchy, relative), exist_ok=True)
+
+
+def start_slice(name):
+    """A transient slice unit, as kubelet's systemd driver starts it; one
+    that is there already is left as it is."""
+    result = subprocess.run(
+        ["busctl", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+         "StartTransientUnit", "ssa(sv)a(sa(sv))", name, "replace", "1", "Description", "s", f"test kubelet {name}", "0"],
+        capture_output=True, text=True)
+    if result.returncode != 0 and "already exists" not in result.stderr and "already loaded" not in result.stderr:
+        raise RuntimeError(f"start {name}: {result.stderr.strip()}")
+
+
+def stop_slice(name):
+    subprocess.run(["systemctl", "stop", name], capture_output=True)
 
 
 def remove_cgroup(path):

@@ -184,6 +184,15 @@ class Pod:
         qos_dir = "" if qos == "Guaranteed" else qos.lower() + "/"
         return f"{root.rstrip('/')}/{qos_dir}pod{self.uid}"
 
+    def systemd_slices(self):
+        """The pod's slices in kubelet's systemd layout, outermost first:
+        kubepods.slice, kubepods-<qos>.slice (not for Guaranteed pods) and
+        kubepods-[<qos>-]pod<uid>.slice, with the uid's dashes as underscores."""
+        qos = self.qos_class()
+        prefix = "kubepods" if qos == "Guaranteed" else f"kubepods-{qos.lower()}"
+        slices = ["kubepods.slice"] + ([] if qos == "Guaranteed" else [f"{prefix}.slice"])
+        return slices + [f"{prefix}-pod{self.uid.replace('-', '_')}.slice"]
+
     def _namespace_options(self):
         spec = self.spec
         if spec.get("hostPID"):

