@@ -133,18 +133,24 @@ pub fn is_blank(text: &str, source: &str) -> Result<bool> {
     Ok(parse(text, source)?.0.as_table().is_empty())
 }
 
-/// Whether the text has a runc handler using the systemd cgroup driver,
-/// which wasm containers do not support yet.
-pub fn uses_systemd_cgroup(text: &str) -> bool {
-    let Ok((doc, layout)) = parse(text, "") else { return false };
+/// What the text's runc handler says of the systemd cgroup driver
+/// (`SystemdCgroup`), if it says anything.
+pub fn runc_systemd_cgroup(text: &str) -> Option<bool> {
+    let (doc, layout) = parse(text, "").ok()?;
     let mut item = doc.as_item();
     for key in layout.runtimes().into_iter().chain(["runc", "options", "SystemdCgroup"]) {
-        match item.get(key) {
-            Some(next) => item = next,
-            None => return false,
-        }
+        item = item.get(key)?;
     }
-    item.as_bool() == Some(true)
+    item.as_bool()
+}
+
+/// The directory of drop-ins the config imports (its first `imports`
+/// entry of the form `DIR/*.toml`), where a file of wasmlet's own can go.
+pub fn drop_in_dir(text: &str) -> Option<String> {
+    let doc: DocumentMut = text.parse().ok()?;
+    let imports = doc.get("imports")?.as_array()?;
+    let dir = imports.iter().filter_map(|entry| entry.as_str()).find_map(|entry| entry.strip_suffix("/*.toml").map(str::to_string));
+    dir
 }
 
 /// The document and its layout, checked to reach the runtime handlers
@@ -176,6 +182,15 @@ fn same_settings(a: &str, b: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_runc_driver_and_the_drop_in_directory_are_read() {
+        let text = "version = 3\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  SystemdCgroup = true\n";
+        assert_eq!(runc_systemd_cgroup(text), Some(true));
+        assert_eq!(drop_in_dir(text).as_deref(), Some("/etc/containerd/conf.d"));
+        assert_eq!(runc_systemd_cgroup("version = 2\n"), None);
+        assert_eq!(drop_in_dir("version = 2\nimports = [\"/etc/containerd/extra.toml\"]\n"), None);
+    }
 
     const V2_WITH_COMMENTS: &str = r#"# Managed by hand: keep these comments.
 version = 2
@@ -249,8 +264,7 @@ root = "/var/lib/containerd"
 
     #[test]
     fn sees_the_systemd_cgroup_driver() {
-        assert!(uses_systemd_cgroup(V2_WITH_COMMENTS));
-        assert!(!uses_systemd_cgroup("version = 2\n"));
+        assert_eq!(runc_systemd_cgroup(V2_WITH_COMMENTS), Some(true));
         assert!(is_blank("# only a comment\n", "c").unwrap());
         assert!(!is_blank("version = 2\n", "c").unwrap());
     }

@@ -87,14 +87,21 @@ impl Distribution {
     /// This node's containerd, as `self` lays it out.
     pub fn node(self, host: &Host) -> Result<Node> {
         let node = match self {
-            Distribution::Containerd => Node {
-                distribution: self,
-                config: "/etc/containerd/config.toml".into(),
-                kind: ConfigKind::Toml,
-                socket: "/run/containerd/containerd.sock",
-                restart: Restart::Unit(unit(host, &["containerd"])?),
-                running_config: "/etc/containerd/config.toml".into(),
-            },
+            Distribution::Containerd => {
+                const MAIN: &str = "/etc/containerd/config.toml";
+                let (config, kind) = match containerd_drop_in(host, MAIN)? {
+                    Some((file, layout)) => (file, ConfigKind::DropIn { layout }),
+                    None => (MAIN.to_string(), ConfigKind::Toml),
+                };
+                Node {
+                    distribution: self,
+                    config,
+                    kind,
+                    socket: "/run/containerd/containerd.sock",
+                    restart: Restart::Unit(unit(host, &["containerd"])?),
+                    running_config: MAIN.into(),
+                }
+            }
             Distribution::K3s | Distribution::Rke2 => {
                 let dir = self.marker();
                 let units = if self == Distribution::K3s { ["k3s", "k3s-agent"] } else { ["rke2-server", "rke2-agent"] };
@@ -126,6 +133,24 @@ impl Distribution {
             },
         };
         Ok(node)
+    }
+}
+
+/// A drop-in file of wasmlet's own, where the main config imports a
+/// directory of them and is a version 3 config, which only containerd 2.x
+/// reads and whose imported plugin tables it merges key by key. containerd
+/// 1.x lets an imported plugin table replace the main file's whole table,
+/// which would lose every other CRI setting: a version 2 file is edited.
+fn containerd_drop_in(host: &Host, main: &str) -> Result<Option<(String, Layout)>> {
+    let text = host.read(main)?.unwrap_or_default();
+    let Some(dir) = config::drop_in_dir(&text) else { return Ok(None) };
+    let doc = text.parse().with_context(|| format!("{main} is not valid TOML"))?;
+    match Layout::of(&doc)? {
+        Layout::V3 => Ok(Some((format!("{dir}/wasmlet.toml"), Layout::V3))),
+        _ => {
+            tracing::info!(main, dir, "a containerd 1.x config: a drop-in's CRI table would replace the main file's, so the main file is edited");
+            Ok(None)
+        }
     }
 }
 
@@ -174,10 +199,10 @@ fn unit(host: &Host, names: &[&str]) -> Result<String> {
 }
 
 impl Node {
-    /// Whether the runc handler of this node's config uses the systemd
-    /// cgroup driver (wasm containers need cgroupfs for now).
-    pub fn uses_systemd_cgroup(&self, host: &Host) -> bool {
-        host.read(&self.running_config).ok().flatten().is_some_and(|text| config::uses_systemd_cgroup(&text))
+    /// What the runc handler of the config containerd runs with says of the
+    /// systemd cgroup driver, if anything.
+    pub fn runc_systemd_cgroup(&self, host: &Host) -> Option<bool> {
+        host.read(&self.running_config).ok().flatten().and_then(|text| config::runc_systemd_cgroup(&text))
     }
 }
 

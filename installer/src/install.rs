@@ -13,6 +13,7 @@ use crate::config::{self, Entry, Layout};
 use crate::containerd;
 use crate::distro::{ConfigKind, Distribution, Node};
 use crate::host::{digest, file_digest, Host};
+use crate::node_check::{self, CgroupDriver};
 use crate::state::{State, INSTALL_DIR};
 use crate::template;
 
@@ -69,9 +70,7 @@ pub fn install(host: &Host, settings: &Settings) -> Result<Outcome> {
 fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>) -> Result<Outcome> {
     let distribution = node.distribution;
     info!(%distribution, config = node.config, "installing wasmlet");
-    if node.uses_systemd_cgroup(host) {
-        warn!("containerd's runc handler uses the systemd cgroup driver; wasm containers support cgroupfs only for now, so wasm pods on this node will fail when created");
-    }
+    let options = options_for_the_node(host, node, &settings.options);
 
     // A config the last install wrote elsewhere (the distribution moved to
     // another template) is put back first.
@@ -80,7 +79,7 @@ fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>
         None => false,
     };
     let previous = previous.filter(|state| state.config == node.config);
-    let entry = Entry { options_file: (!settings.options.is_empty()).then(|| OPTIONS_PATH.to_string()) };
+    let entry = Entry { options_file: (!options.is_empty()).then(|| OPTIONS_PATH.to_string()) };
     let current = host.read(&node.config)?;
     let desired = desired_config(host, node, current.as_deref(), &entry, previous.is_some())?;
     let state = State {
@@ -95,7 +94,7 @@ fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>
     }
 
     let shim_changed = install_shim(host, settings)?;
-    install_options(host, &settings.options)?;
+    install_options(host, &options)?;
     install_link(host)?;
     if current.as_deref() != Some(desired.as_str()) {
         host.write(&node.config, desired.as_bytes(), 0o644)?;
@@ -108,6 +107,32 @@ fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>
     containerd::restart(host, node, settings.restart_timeout)?;
     info!("wasmlet installed; containerd serves with the wasmlet runtime");
     Ok(Outcome::Restarted)
+}
+
+/// The handler's options: as given, and `SystemdCgroup` where the node uses
+/// the systemd driver unless given (the runc containers of wasm pods then
+/// get their cgroup paths in that driver's form; wasm containers follow the
+/// path's form by themselves).
+fn options_for_the_node(host: &Host, node: &Node, given: &toml::Table) -> toml::Table {
+    let mut options = given.clone();
+    let (driver, from) = node_check::cgroup_driver(host, node);
+    info!("cgroup driver {driver} (from {from})");
+    if driver == CgroupDriver::Systemd {
+        options.entry("SystemdCgroup").or_insert(toml::Value::Boolean(true));
+    }
+    options
+}
+
+/// Why wasm pods cannot run on this node, if they cannot.
+pub fn why_not_ready(host: &Host, settings: &Settings) -> Result<Option<String>> {
+    let distribution = match (settings.distribution, State::load(host)?) {
+        (Some(distribution), _) => distribution,
+        (None, Some(state)) => state.distribution,
+        (None, None) => Distribution::detect(host)?,
+    };
+    let (driver, _) = node_check::cgroup_driver(host, &distribution.node(host)?);
+    let release = nix::sys::utsname::uname().context("uname")?.release().to_string_lossy().into_owned();
+    Ok(node_check::why_not_ready(host, driver, &release))
 }
 
 /// What uninstall gives back: the text before the first install; but if

@@ -9,6 +9,7 @@ mod distro;
 mod host;
 mod install;
 mod kube;
+mod node_check;
 mod state;
 mod template;
 
@@ -135,8 +136,19 @@ fn run(command: Command) -> Result<()> {
                     return Err(err);
                 }
             }
-            if let Some(label) = &label {
-                label.set(Some(READY))?;
+            match install::why_not_ready(&host, &settings)? {
+                None => {
+                    if let Some(label) = &label {
+                        label.set(Some(READY))?;
+                    }
+                }
+                Some(why) => {
+                    // Installed, but no wasm pod may come: the RuntimeClass selects the label.
+                    warn!("not labelling this node for wasm pods: {why}");
+                    if let Some(label) = &label {
+                        label.set(None)?;
+                    }
+                }
             }
             args.stay_if_asked()
         }

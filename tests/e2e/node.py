@@ -111,6 +111,8 @@ class Node(Containerd):
         for d in ("etc/systemd/system", "usr/local/bin", "usr/bin", "bin", "run"):
             os.makedirs(os.path.join(self.host, d))
         self.write(f"/etc/systemd/system/{self.paths['unit']}.service", "")
+        # The machine's cgroups, which the installer checks a node has.
+        os.symlink("/sys", self.path("/sys"))
         shutil.copy(BUSYBOX, self.path("/bin/busybox"))
         for applet in ("sh", "sleep", "cat", "rm", "mv"):
             os.symlink("busybox", self.path(f"/bin/{applet}"))
@@ -127,6 +129,18 @@ class Node(Containerd):
         self.socket = self.path(self.paths["socket"])
         self.log_level = log_level
 
+    def running_config(self):
+        """The file containerd runs with: the node's config, with the
+        directories it imports mapped into the node's root (containerd
+        runs on this machine, whose own /etc/containerd is not the node's)."""
+        text = self.read(self.paths["config"]).decode()
+        if "imports" not in text:
+            return self.path(self.paths["config"])
+        rendered = os.path.join(self.dir, "config.running.toml")
+        with open(rendered, "w") as f:
+            f.write(text.replace('"/etc/containerd/', f'"{self.path("/etc/containerd")}/'))
+        return rendered
+
     def _render(self):
         """k3s's part at start: the user template, with the base in it."""
         if self.distribution != "k3s":
@@ -138,7 +152,7 @@ class Node(Containerd):
         self.write(self.paths["config"], rendered)
 
     def _command(self):
-        return [os.path.join(self.bin_dir, "containerd"), "--config", self.path(self.paths["config"]),
+        return [os.path.join(self.bin_dir, "containerd"), "--config", self.running_config(),
                 "--address", self.socket, "--root", self.root, "--state", self.state,
                 "--log-level", self.log_level]
 

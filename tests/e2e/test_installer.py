@@ -5,6 +5,7 @@ upgrade the shim (one restart), uninstall (the config byte for byte as it
 was); and its failures, which leave the node as it was."""
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -105,8 +106,21 @@ def default_config():
     return patch_for_this_machine(text, MAJOR)
 
 
+def with_imports(text):
+    """A config that imports a directory of drop-ins, as containerd 2.2 and
+    k3s write theirs (containerd's own default has an empty `imports`)."""
+    imports = 'imports = ["/etc/containerd/conf.d/*.toml"]'
+    if re.search(r"^imports = \[.*\]$", text, re.M):
+        return re.sub(r"^imports = \[.*\]$", imports, text, count=1, flags=re.M)
+    version, rest = text.split("\n", 1)
+    return f"{version}\n{imports}\n{rest}"
+
+
+DROP_IN = "/etc/containerd/conf.d/wasmlet.toml"
+
 CASES = {
     "default": lambda: ("containerd", default_config(), None),
+    "imports": lambda: ("containerd", with_imports(default_config()), None),
     "comments": lambda: ("containerd", COMMENTED[min(MAJOR, 2)], None),
     "other-runtimes": lambda: ("containerd", default_config() + OTHER_RUNTIMES, None),
     "k3s-template": lambda: ("k3s", default_config(), K3S_TEMPLATE),
@@ -174,7 +188,10 @@ def succeeded(result):
 def test_install_reinstall_upgrade_uninstall(case, make_node, api, tmp_path):
     distribution, original, template = CASES[case]()
     node = make_node(distribution, original, template)
-    edited = node.template_path if distribution == "k3s" else node.paths["config"]
+    # containerd 2 merges an imported file's plugin tables key by key: wasmlet
+    # then adds a file of its own; 1.x would replace the main file's tables.
+    drop_in = case == "imports" and MAJOR >= 2
+    edited = node.template_path if distribution == "k3s" else DROP_IN if drop_in else node.paths["config"]
     before = node.read(edited)
     rendered_before = node.read(node.paths["config"])
     env = api.env(NODE)
@@ -186,9 +203,20 @@ def test_install_reinstall_upgrade_uninstall(case, make_node, api, tmp_path):
         assert node.read(SHIM_HOST_PATH) == f.read()
     assert os.path.realpath(node.path(LINK)) == node.path(SHIM_HOST_PATH)
     assert api.nodes[NODE] == {LABEL: "true"}
-    config = tomllib.loads(node.read(node.paths["config"]).decode())
+    if drop_in:
+        assert node.read(node.paths["config"]).decode() == node.original, "the main file was edited"
+        config = merged_config(node)
+        # Every setting of the main file is still in what containerd runs with.
+        main = tomllib.loads(node.original)
+        assert_settings_kept(main, config)
+    else:
+        config = tomllib.loads(node.read(node.paths["config"]).decode())
     handlers = config_runtimes(config)
-    assert handlers["wasmlet"] == {"runtime_type": "io.containerd.wasmlet.v1"}
+    if drop_in:
+        # `config dump` fills in every default of the handler.
+        assert handlers["wasmlet"]["runtime_type"] == "io.containerd.wasmlet.v1"
+    else:
+        assert handlers["wasmlet"] == {"runtime_type": "io.containerd.wasmlet.v1"}
     assert "runc" in handlers
     if case == "other-runtimes":
         assert handlers["crun"]["options"] == {"BinaryName": "/usr/local/bin/crun"}
@@ -221,11 +249,42 @@ def test_install_reinstall_upgrade_uninstall(case, make_node, api, tmp_path):
     assert api.label_patches == [(NODE, {LABEL: "uninstalling"}), (NODE, {LABEL: None})]
     assert node.restarts == 3
     assert node.read(edited) == before
+    if drop_in:
+        assert before is None and node.read(node.paths["config"]).decode() == node.original
     assert not os.path.lexists(node.path(LINK))
     assert not os.path.exists(node.path("/opt/wasmlet"))
     assert api.nodes[NODE] == {}
     assert node.serving()
     assert node.read(node.paths["config"]) == rendered_before
+
+
+def merged_config(node):
+    """The config containerd runs with, its imports merged (`config dump`)."""
+    binary = os.path.join(containerd_bin_dir(CONTAINERD_VERSION), "containerd")
+    dump = subprocess.run([binary, "--config", node.running_config(), "config", "dump"],
+                          capture_output=True, text=True, check=True).stdout
+    return tomllib.loads(dump)
+
+
+def assert_settings_kept(main, merged, where=""):
+    """Every value of the main file's tables is in the merged config."""
+    for key, value in main.items():
+        if key == "imports":
+            continue
+        if isinstance(value, dict):
+            assert isinstance(merged.get(key), dict), f"{where}{key} is gone"
+            assert_settings_kept(value, merged[key], f"{where}{key}.")
+        else:
+            assert merged.get(key) == value, f"{where}{key}: {merged.get(key)!r}, was {value!r}"
+
+
+def test_a_node_where_wasm_pods_cannot_run_is_not_labelled(make_node, api):
+    node = make_node("containerd", default_config())
+    os.remove(node.path("/sys"))  # no cgroup hierarchy on this node
+    stderr = succeeded(node.run_installer("install", env=api.env(NODE)))
+    assert "not labelling this node for wasm pods: no cgroup hierarchy is mounted at /sys/fs/cgroup" in stderr, stderr
+    assert api.nodes[NODE] == {}
+    succeeded(node.run_installer("uninstall", env=api.env(NODE)))
 
 
 def assert_kept(original, edited):
