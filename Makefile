@@ -5,7 +5,7 @@ SHELL := bash
 # Steps depend on each other's side effects (deps before build...): keep order.
 .NOTPARALLEL:
 
-.PHONY: help deps build release images unit chart e2e test demo bench clean wasm-image push
+.PHONY: help deps build release images unit chart e2e vm-test test demo bench clean wasm-image push
 
 # containerd versions `make e2e` runs the suite against, one whole run each
 # (tests/containerd.sh fetches the newer ones). The demo and bench use 1.6.20.
@@ -22,7 +22,10 @@ help:
 	@echo "  chart   render, lint and validate charts/wasmlet (tests/chart)"
 	@echo "  e2e     run the end-to-end tests against a private containerd, once per"
 	@echo "          version in CONTAINERD_VERSIONS (default: $(CONTAINERD_VERSIONS))"
-	@echo "  test    deps + build + release + images + unit + chart + e2e (what CI runs)"
+	@echo "  vm-test the VM lane: a node with systemd as PID 1 and cgroup v2 only, made"
+	@echo "          once from Debian's packages (tests/vm), wasmlet installed by its"
+	@echo "          installer, pods through CRI with the systemd and cgroupfs drivers"
+	@echo "  test    deps + build + release + images + unit + chart + e2e + vm-test (what CI runs)"
 	@echo "  demo    run wasm and runc tasks side by side and print a table"
 	@echo "  bench   run the benchmarks (tests/bench.py)"
 	@echo "  wasm-image KIND=plain|artifact WASM=FILE NAME=REF OUT=TAR"
@@ -62,7 +65,10 @@ e2e:
 		exit 1; \
 	fi
 
-test: deps build release images unit chart e2e
+vm-test: deps release images
+	python3 tests/vm/lane.py
+
+test: deps build release images unit chart e2e vm-test
 
 demo: deps build images
 	python3 tests/demo.py

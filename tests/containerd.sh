@@ -36,24 +36,6 @@ runs_version() {
 
 # The Debian mirror this machine's own apt sources use, e.g.
 # http://deb.debian.org/debian: the first URI of an entry for its release.
-mirror_uri() {
-    local codename
-    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
-    {
-        # deb822 files: a stanza is a run of non-blank lines.
-        awk -v want="$codename" '
-            FNR == 1 || /^[[:space:]]*$/ { if (uri && hit) print uri; uri = ""; hit = 0 }
-            $1 == "URIs:" { uri = $2 }
-            $1 == "Suites:" { for (i = 2; i <= NF; i++) if ($i == want) hit = 1 }
-            END { if (uri && hit) print uri }
-        ' /etc/apt/sources.list.d/*.sources 2>/dev/null || true
-        # One-line files: deb [options] URI SUITE COMPONENTS...
-        cat /etc/apt/sources.list.d/*.list /etc/apt/sources.list 2>/dev/null |
-            sed -E 's/\[[^]]*\]//' |
-            awk -v want="$codename" '$1 == "deb" && $3 == want { print $2 }' || true
-    } | head -n 1
-}
-
 # Download Debian's containerd package of $SUITE into "$1" and unpack it into "$1/root".
 fetch() {
     local work=$1 uri version
