@@ -16,7 +16,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use nix::dir::Dir;
@@ -160,12 +160,22 @@ impl CacheDir {
         written.with_context(|| format!("write {}", self.path_of(name).display()))
     }
 
-    /// Holds an exclusive lock on `name` until the guard is dropped.
-    pub fn lock(&self, name: &str) -> Result<Flock<File>> {
-        let file = self.open_with(name, OFlag::O_WRONLY | OFlag::O_CREAT).with_context(|| format!("open {}", self.path_of(name).display()))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| errno)
-            .with_context(|| format!("lock {}", self.path_of(name).display()))
+    /// Holds an exclusive lock on `name` until the guard is dropped, or
+    /// None if another holder kept it for `wait`.
+    pub fn lock_within(&self, name: &str, wait: Duration) -> Result<Option<Flock<File>>> {
+        let mut file = self.open_with(name, OFlag::O_WRONLY | OFlag::O_CREAT).with_context(|| format!("open {}", self.path_of(name).display()))?;
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(Some(lock)),
+                Err((_, Errno::EWOULDBLOCK)) if std::time::Instant::now() >= deadline => return Ok(None),
+                Err((again, Errno::EWOULDBLOCK)) => {
+                    file = again;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err((_, errno)) => return Err(errno).with_context(|| format!("lock {}", self.path_of(name).display())),
+            }
+        }
     }
 
     /// Marks an entry as used now, for least-recently-used eviction.

@@ -29,6 +29,7 @@ use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -38,6 +39,10 @@ use wasmtime::{Engine, Module};
 use crate::shared::node_cache::{fd_path, CacheDir, NodeCache};
 use digests::Digests;
 
+/// How long a start waits for another's compile of the same wasm (a pod
+/// with little CPU may take minutes) before it compiles for itself.
+const COMPILE_LOCK_WAIT: Duration = Duration::from_secs(20);
+
 /// What happened to a lookup, for the shim log.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -46,6 +51,9 @@ pub enum Outcome {
     /// The entry was unsound (truncated, corrupt, a symlink, not root's)
     /// and was rebuilt.
     Rebuilt,
+    /// Compiled, but not stored (the disk full, the lock held too long):
+    /// it runs from memory and the next start compiles again.
+    Uncached(String),
 }
 
 /// A compiled entry that passed its checksum this boot, held open.
@@ -67,7 +75,10 @@ pub fn lookup(cache: &NodeCache, engine: &Engine, key: &str, compile: impl FnOnc
         return Ok(hit(&dir, file, &artifact, &checksum));
     }
     // Whoever holds the lock compiles; the others wait and then load.
-    let _lock = dir.lock(&format!("{key}.lock"))?;
+    let Some(_lock) = dir.lock_within(&format!("{key}.lock"), COMPILE_LOCK_WAIT)? else {
+        let why = format!("another start held the compile lock for {COMPILE_LOCK_WAIT:?}");
+        return Ok((Verified::in_memory(&compile()?, dir.path_of(&artifact))?, Outcome::Uncached(why)));
+    };
     let outcome = match verify(&dir, &artifact, &checksum, &digests) {
         Ok(Some(file)) => return Ok(hit(&dir, file, &artifact, &checksum)),
         Ok(None) => Outcome::Rebuilt,
@@ -79,12 +90,23 @@ pub fn lookup(cache: &NodeCache, engine: &Engine, key: &str, compile: impl FnOnc
     }
     let compiled = compile()?;
     let digest = hex::encode(Sha256::digest(&compiled));
-    dir.write_atomically(&artifact, |file| file.write_all(&compiled))?;
-    dir.write_atomically(&checksum, |file| file.write_all(digest.as_bytes()))?;
-    let file = dir.open(&artifact).with_context(|| format!("open {}", dir.path_of(&artifact).display()))?;
-    digests.remember(&file, &digest);
-    root.evict(&dir.path_of(&artifact));
-    Ok((Verified { file, shown: dir.path_of(&artifact) }, outcome))
+    let stored = dir
+        .write_atomically(&artifact, |file| file.write_all(&compiled))
+        .and_then(|()| dir.write_atomically(&checksum, |file| file.write_all(digest.as_bytes())))
+        .and_then(|()| dir.open(&artifact).with_context(|| format!("open {}", dir.path_of(&artifact).display())));
+    match stored {
+        Ok(file) => {
+            digests.remember(&file, &digest);
+            root.evict(&dir.path_of(&artifact));
+            Ok((Verified { file, shown: dir.path_of(&artifact) }, outcome))
+        }
+        Err(err) => {
+            // No half entry stays: without its checksum an artifact is a miss anyway.
+            dir.remove(&artifact);
+            let why = format!("could not store it: {err:#}");
+            Ok((Verified::in_memory(&compiled, dir.path_of(&artifact))?, Outcome::Uncached(why)))
+        }
+    }
 }
 
 fn hit(dir: &CacheDir, file: File, artifact: &str, checksum: &str) -> (Verified, Outcome) {
@@ -95,6 +117,19 @@ fn hit(dir: &CacheDir, file: File, artifact: &str, checksum: &str) -> (Verified,
 }
 
 impl Verified {
+    /// Code this instance compiled itself and could not store: held in a
+    /// sealed memory file, which nobody else can reach or change.
+    fn in_memory(compiled: &[u8], shown: PathBuf) -> Result<Self> {
+        use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+        use nix::sys::memfd::{memfd_create, MFdFlags};
+        let fd = memfd_create("wasmlet-compiled", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING).context("create a memory file")?;
+        let mut file = File::from(fd);
+        file.write_all(compiled).context("write the compiled code to memory")?;
+        let seals = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+        fcntl(&file, FcntlArg::F_ADD_SEALS(seals)).context("seal the memory file")?;
+        Ok(Verified { file, shown })
+    }
+
     /// Maps the entry as a core module of `engine` (`name` for errors).
     pub fn module(&self, engine: &Engine, name: &str) -> Result<Module> {
         // Safety: see the module's contract; `self` proves the entry sound,
@@ -142,7 +177,6 @@ mod tests {
     use super::*;
     use std::fs;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
 
     const WAT: &str = r#"(module (func (export "_start")))"#;
 
@@ -269,6 +303,18 @@ mod tests {
         fs::write(&path, &flipped).unwrap();
         assert_eq!(f.lookup().1, Outcome::Rebuilt);
         assert_eq!(fs::read(&path).unwrap(), good);
+    }
+
+    #[test]
+    fn code_that_cannot_be_stored_runs_from_memory_and_leaves_no_entry() {
+        let f = Fixture::new();
+        let dir = f.cache.open().unwrap().compiled(&engine_hash(&f.engine)).unwrap();
+        // A directory where the artifact goes makes the rename fail, as a full disk would the write.
+        fs::create_dir(dir.path_of(&format!("{}.cwasm", f.key))).unwrap();
+        let (verified, outcome) = f.verified();
+        assert!(matches!(&outcome, Outcome::Uncached(why) if why.contains("could not store")), "{outcome:?}");
+        verified.module(&f.engine, "m").unwrap();
+        assert!(fs::read_dir(dir.path_of(".")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".sha256")));
     }
 
     #[test]
