@@ -18,7 +18,7 @@ use crate::state::{State, INSTALL_DIR};
 use crate::template;
 
 pub const SHIM_NAME: &str = "containerd-shim-wasmlet-v1";
-const SHIM_PATH: &str = "/opt/wasmlet/bin/containerd-shim-wasmlet-v1";
+pub const SHIM_PATH: &str = "/opt/wasmlet/bin/containerd-shim-wasmlet-v1";
 const OPTIONS_PATH: &str = "/opt/wasmlet/options.toml";
 /// The shim's link: /usr/local/bin is on containerd's PATH under systemd
 /// (its default PATH) in every distribution wasmlet supports.
@@ -39,6 +39,10 @@ pub struct Settings {
 pub enum Outcome {
     /// Everything was already as asked: nothing written, nothing restarted.
     Unchanged,
+    /// Only the shim changed: new pods run the new one, running pods keep
+    /// theirs, and containerd (which runs the binary anew for each pod)
+    /// was not restarted.
+    ShimUpdated,
     /// Files changed and containerd was restarted (once).
     Restarted,
 }
@@ -100,9 +104,16 @@ fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>
         host.write(&node.config, desired.as_bytes(), 0o644)?;
         config_changed = true;
     }
-    if !shim_changed && !config_changed {
-        info!("wasmlet is installed and up to date: nothing changed");
-        return Ok(Outcome::Unchanged);
+    match (shim_changed, config_changed) {
+        (false, false) => {
+            info!("wasmlet is installed and up to date: nothing changed");
+            return Ok(Outcome::Unchanged);
+        }
+        (true, false) => {
+            info!("the shim was updated: new pods use it, running pods keep theirs; containerd needs no restart");
+            return Ok(Outcome::ShimUpdated);
+        }
+        _ => {}
     }
     containerd::restart(host, node, settings.restart_timeout)?;
     info!("wasmlet installed; containerd serves with the wasmlet runtime");

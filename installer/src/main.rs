@@ -6,6 +6,7 @@ mod cleanup;
 mod config;
 mod containerd;
 mod distro;
+mod drain;
 mod host;
 mod install;
 mod kube;
@@ -69,6 +70,10 @@ struct NodeArgs {
     /// Seconds containerd may take to serve again after a restart.
     #[arg(long, env = "WASMLET_RESTART_TIMEOUT", default_value_t = 120)]
     restart_timeout: u64,
+    /// Seconds uninstall waits for the wasm pods still running on the node
+    /// to end; after that it removes nothing and fails.
+    #[arg(long, env = "WASMLET_DRAIN_TIMEOUT", default_value_t = 240)]
+    drain_timeout: u64,
     /// This node's name, to label it (the chart sets it); without it the
     /// node is not labelled.
     #[arg(long, env = "NODE_NAME")]
@@ -161,6 +166,7 @@ fn run(command: Command) -> Result<()> {
             if let Some(label) = &label {
                 label.set(Some(UNINSTALLING))?;
             }
+            drain::wait_for_shims(&host, Duration::from_secs(args.drain_timeout))?;
             let outcome = install::uninstall(&host, &settings)?;
             if let Some(label) = &label {
                 label.set(None)?;

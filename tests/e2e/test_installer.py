@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import tomllib
 
 import pytest
@@ -19,7 +20,7 @@ from kube_api import KubeApi
 from node import INSTALLER, RELEASE_DIR, SHIM, Node, patch_for_this_machine, run_installer
 
 import pods
-from kubelet import Kubelet, read_cri_log
+from kubelet import Kubelet, read_cri_log, v1
 
 NODE = "node-1"
 LABEL = "wasmlet.dev/installed"
@@ -233,12 +234,13 @@ def test_install_reinstall_upgrade_uninstall(case, make_node, api, tmp_path):
     assert node.read(edited) == after_install
     assert os.stat(node.path(STATE_FILE)).st_mtime_ns == record.st_mtime_ns
 
-    # A new binary replaces the old one, with one restart.
+    # A new binary replaces the old one; containerd runs it for the next
+    # pod without a restart.
     new_shim = tmp_path / "containerd-shim-wasmlet-v1"
     with open(SHIM, "rb") as f:
         new_shim.write_bytes(f.read() + b"\0new build")
-    succeeded(node.run_installer("install", shim=str(new_shim), env=env))
-    assert node.restarts == 2
+    assert "containerd needs no restart" in succeeded(node.run_installer("install", shim=str(new_shim), env=env))
+    assert node.restarts == 1
     assert node.read(SHIM_HOST_PATH) == new_shim.read_bytes()
     assert node.read(edited) == after_install
     run_hello(node)
@@ -247,7 +249,7 @@ def test_install_reinstall_upgrade_uninstall(case, make_node, api, tmp_path):
     del api.label_patches[:]
     succeeded(node.run_installer("uninstall", env=env))
     assert api.label_patches == [(NODE, {LABEL: "uninstalling"}), (NODE, {LABEL: None})]
-    assert node.restarts == 3
+    assert node.restarts == 2
     assert node.read(edited) == before
     if drop_in:
         assert before is None and node.read(node.paths["config"]).decode() == node.original
@@ -299,6 +301,71 @@ def config_runtimes(config):
     if MAJOR >= 2:
         return config["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]
     return config["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+
+
+def shim_pids(node):
+    """Shim daemons running the node's installed binary (or its replaced file)."""
+    installed = node.path(SHIM_HOST_PATH)
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            exe = os.readlink(f"/proc/{entry}/exe")
+        except OSError:
+            continue
+        if exe.removesuffix(" (deleted)") == installed:
+            found.append(int(entry))
+    return found
+
+
+def test_upgrade_and_uninstall_under_a_running_wasm_pod(make_node, api, tmp_path):
+    node = make_node("containerd", default_config())
+    node.import_images(IMAGES_DIR, ("sleep",))
+    env = api.env(NODE)
+    succeeded(node.run_installer("install", env=env))
+    sleeper = pods.Pod.load(os.path.join(os.path.dirname(HELLO_MANIFEST), "sleep-wasm.yaml"))
+    sleeper.spec["hostNetwork"] = True
+    kubelet = Kubelet(node.socket, os.path.join(node.dir, "kubelet"), node.pod_cgroup_root)
+    try:
+        sandbox_id = kubelet.run_pod_sandbox(sleeper)
+        container_id = kubelet.start_containers(sleeper, sandbox_id)["sleep"]
+        kubelet.wait_container(container_id, v1.CONTAINER_RUNNING, timeout=30)
+        [old_shim] = shim_pids(node)
+
+        # Upgrade: no restart; the running pod keeps its shim, a new pod runs the new binary.
+        new_shim = tmp_path / "containerd-shim-wasmlet-v1"
+        with open(SHIM, "rb") as f:
+            new_shim.write_bytes(f.read() + b"\0new build")
+        succeeded(node.run_installer("install", shim=str(new_shim), env=env))
+        assert node.restarts == 1
+        assert kubelet.container_status(container_id).state == v1.CONTAINER_RUNNING
+        assert os.readlink(f"/proc/{old_shim}/exe").endswith(" (deleted)")
+        run_hello(node)
+
+        # Uninstall waits for the pod, and removes nothing if it stays.
+        del api.label_patches[:]
+        refused = node.run_installer("uninstall", env={**env, "WASMLET_DRAIN_TIMEOUT": "2"})
+        assert refused.returncode != 0
+        assert "still run on this node" in refused.stderr and str(old_shim) in refused.stderr, refused.stderr
+        assert api.label_patches == [(NODE, {LABEL: "uninstalling"})]
+        assert os.path.exists(node.path(SHIM_HOST_PATH)) and os.path.lexists(node.path(LINK))
+        assert node.restarts == 1
+        assert kubelet.container_status(container_id).state == v1.CONTAINER_RUNNING
+
+        # Once the pod is gone (here while uninstall waits), it goes ahead.
+        result = {}
+        uninstall = threading.Thread(target=lambda: result.update(done=node.run_installer("uninstall", env=env)))
+        uninstall.start()
+        time.sleep(1)
+        assert uninstall.is_alive(), "uninstall did not wait for the running pod"
+        kubelet.stop_pod_sandbox(sandbox_id)
+        kubelet.remove_pod_sandbox(sandbox_id)
+        uninstall.join(timeout=120)
+        assert "waiting for the wasm pods" in succeeded(result["done"])
+        assert not os.path.exists(node.path("/opt/wasmlet"))
+        assert api.nodes[NODE] == {}
+    finally:
+        kubelet.remove_all()
+        kubelet.close()
 
 
 def test_an_edit_after_the_install_survives_reinstall_and_uninstall(make_node, api):
