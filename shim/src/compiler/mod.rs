@@ -62,14 +62,24 @@ fn compile(args: &[String]) -> Result<(), Failure> {
     std::io::stdout().lock().write_all(&compiled).context("write the compiled code").map_err(Failure::Broken)
 }
 
-/// No core dump of what it read, then nobody under the filter.
+/// No core dump of what it read, then nobody, ending with its instance,
+/// under the filter.
 fn confine() -> Result<()> {
+    let instance = nix::unistd::getppid();
     let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // Safety: setrlimit reads the struct passed.
     if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) } != 0 {
         bail!("limit core dumps: {}", std::io::Error::last_os_error());
     }
-    sandbox::drop_to(&NOBODY, &seccomp::filters()?)
+    let filters = seccomp::filters()?;
+    sandbox::become_user(&NOBODY)?;
+    // After the change of user, which clears it; the instance may have
+    // gone just before.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("set the parent-death signal")?;
+    if nix::unistd::getppid() != instance {
+        bail!("the instance is gone");
+    }
+    sandbox::confine(&filters)
 }
 
 /// All of `input`, refused once it holds more than `limit` bytes.

@@ -12,7 +12,7 @@ use containerd_shim::api::CreateTaskRequest;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::content_store::ContentStore;
 use super::entrypoint::{self, EntryError, Entrypoint, Found};
@@ -21,7 +21,7 @@ use super::runc::Runc;
 use super::runtime_options::RuntimeOptions;
 use super::stdio::IoPaths;
 use super::task::{Task, TaskCgroup};
-use super::task_record::TaskRecord;
+use super::task_record::{ProcessRecord, TaskRecord};
 use super::{launch, planning, rootfs};
 use crate::shared::launch_plan::ProgramSource;
 use crate::shared::node_cache::NodeCache;
@@ -41,6 +41,8 @@ struct Container<'a> {
     spec: &'a Spec,
     rootfs: &'a Path,
     io: IoPaths,
+    /// What is made so far, for `shim delete` should the daemon die.
+    record: TaskRecord,
 }
 
 impl Creator {
@@ -54,10 +56,11 @@ impl Creator {
         let rootfs = planning::rootfs_dir(&spec, bundle);
         let cgroup = planning::cgroup_of(&spec).ok().flatten();
         let (cgroup, scope) = (cgroup.as_ref().map(|c| c.path.clone()), cgroup.and_then(|c| c.scope));
-        TaskRecord { rootfs: rootfs.clone(), cgroup, scope }.write(bundle)?;
+        let record = TaskRecord::new(rootfs.clone(), cgroup, scope);
+        record.write(bundle)?;
         rootfs::mount(&rootfs, &req.rootfs)?;
         let io = IoPaths { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
-        let created = self.create_in(&Container { req, bundle, spec: &spec, rootfs: &rootfs, io });
+        let created = self.create_in(&Container { req, bundle, spec: &spec, rootfs: &rootfs, io, record });
         if created.is_err() {
             rootfs::unmount(&rootfs);
             TaskRecord::remove(bundle);
@@ -96,6 +99,10 @@ impl Creator {
         };
         match launch::launch(c.bundle, &plan, &c.io, &self.exits, place, |line| info!(task = %id, "{line}")) {
             Ok(launched) => {
+                let record = TaskRecord { instance: ProcessRecord::of(launched.pid), ..c.record.clone() };
+                if let Err(err) = record.write(c.bundle) {
+                    warn!(task = %id, "{err:#}");
+                }
                 let task_cgroup = TaskCgroup { path: cgroup, scope };
                 Ok(Task::wasm(id.clone(), c.bundle.to_path_buf(), c.rootfs.to_path_buf(), c.io.clone(), task_cgroup, launched))
             }
@@ -126,6 +133,7 @@ impl Creator {
     fn create_native(&self, c: &Container, options: &RuntimeOptions) -> Result<Task> {
         let runc = Arc::new(Runc::new(options, &self.namespace, self.exits.clone()));
         let id = &c.req.id;
+        TaskRecord { runc: Some(runc.record()), ..c.record.clone() }.write(c.bundle)?;
         let pid = runc.create(id, c.bundle, &c.io).inspect_err(|_| {
             // runc may have kept state for the half-made container.
             let _ = runc.delete(id, c.bundle);

@@ -1,13 +1,18 @@
 //! The one exit path. The containerd-shim crate's SIGCHLD reaper reports
 //! every child the shim collects (instances, runc's container inits, which
-//! are reparented to the shim, exec processes, and runc's own commands);
-//! this module matches each exit to the process watching for it and hands
-//! it over once. An exit can come before its process is watched (a fast
-//! process, reaped while its Create or Start is still being answered): it
-//! is kept until the watch claims it. Pids whose exits nobody wants (runc's
-//! commands, instances whose setup failed) are discarded.
+//! are reparented to the shim, exec processes, runc's own commands, and any
+//! orphan of a container, as the shim is a subreaper); this module matches
+//! each exit to the process watching for it and hands it over once.
+//!
+//! An exit can come before its process is watched: a fast process, reaped
+//! while its Create or exec Start is still being answered. Whoever starts a
+//! process therefore opens a window first and watches the pid before closing
+//! it; exits of unwatched pids are kept only while a window is open. Exits
+//! nobody watches (orphans, runc's commands) are thus dropped once the
+//! windows close, and can never land on a later process that gets the same
+//! pid after the pids wrap around.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use containerd_shim::monitor::{monitor_subscribe, Subject, Topic};
@@ -26,10 +31,25 @@ pub struct Exits {
 #[derive(Default)]
 struct Index {
     watched: HashMap<u32, OnExit>,
-    /// Exits of pids not (yet) watched.
-    unclaimed: HashMap<u32, Exit>,
-    /// Pids whose exit is dropped when it comes.
-    discarded: HashSet<u32>,
+    /// Windows open now.
+    windows: usize,
+    /// Exits of unwatched pids that came while a window was open.
+    early: HashMap<u32, Exit>,
+}
+
+/// While it lives, exits of pids not yet watched are kept for their watch.
+pub struct Window<'a> {
+    exits: &'a Exits,
+}
+
+impl Drop for Window<'_> {
+    fn drop(&mut self) {
+        let mut index = self.exits.index.lock().unwrap();
+        index.windows -= 1;
+        if index.windows == 0 {
+            index.early.clear();
+        }
+    }
 }
 
 impl Exits {
@@ -47,10 +67,18 @@ impl Exits {
         Ok(())
     }
 
-    /// Calls `on_exit` when `pid` exits, at once if it already has.
+    /// Opens a window: to be held from before a process is spawned until
+    /// its pid is watched.
+    pub fn window(&self) -> Window<'_> {
+        self.index.lock().unwrap().windows += 1;
+        Window { exits: self }
+    }
+
+    /// Calls `on_exit` when `pid` exits, at once if it already has (within
+    /// the caller's window).
     pub fn watch(&self, pid: u32, on_exit: OnExit) {
         let mut index = self.index.lock().unwrap();
-        match index.unclaimed.remove(&pid) {
+        match index.early.remove(&pid) {
             Some(exit) => {
                 drop(index);
                 on_exit(exit);
@@ -61,13 +89,12 @@ impl Exits {
         }
     }
 
-    /// Forgets `pid`, whether or not its exit has arrived yet.
+    /// Forgets `pid` (a process whose exit nobody wants), whether or not its
+    /// exit has come yet.
     pub fn discard(&self, pid: u32) {
         let mut index = self.index.lock().unwrap();
         index.watched.remove(&pid);
-        if index.unclaimed.remove(&pid).is_none() {
-            index.discarded.insert(pid);
-        }
+        index.early.remove(&pid);
     }
 
     fn exited(&self, pid: u32, exit: Exit) {
@@ -75,8 +102,8 @@ impl Exits {
         if let Some(on_exit) = index.watched.remove(&pid) {
             drop(index);
             on_exit(exit);
-        } else if !index.discarded.remove(&pid) {
-            index.unclaimed.insert(pid, exit);
+        } else if index.windows > 0 {
+            index.early.insert(pid, exit);
         }
     }
 }
@@ -106,22 +133,40 @@ mod tests {
     }
 
     #[test]
-    fn an_early_exit_waits_for_its_watch() {
+    fn an_early_exit_waits_for_its_watch_in_a_window() {
         let exits = Exits::default();
+        let window = exits.window();
         exits.exited(11, exit(5));
         let (on_exit, codes) = recorder();
         exits.watch(11, on_exit);
+        drop(window);
         assert_eq!(codes.try_recv().unwrap(), 5);
     }
 
     #[test]
-    fn discarded_exits_are_dropped_before_or_after_they_come() {
+    fn unwatched_exits_are_gone_once_the_windows_close() {
         let exits = Exits::default();
-        exits.discard(12);
         exits.exited(12, exit(1));
+        let window = exits.window();
         exits.exited(13, exit(1));
-        exits.discard(13);
+        drop(window);
+        // A later process that got pid 13 is not taken for dead.
+        let (on_exit, codes) = recorder();
+        exits.watch(13, on_exit);
+        assert!(codes.try_recv().is_err());
+        assert!(exits.index.lock().unwrap().early.is_empty());
+    }
+
+    #[test]
+    fn discarded_exits_are_dropped() {
+        let exits = Exits::default();
+        let _window = exits.window();
+        exits.exited(14, exit(1));
+        exits.discard(14);
+        let (on_exit, _) = recorder();
+        exits.watch(15, on_exit);
+        exits.discard(15);
         let index = exits.index.lock().unwrap();
-        assert!(index.unclaimed.is_empty() && index.discarded.is_empty());
+        assert!(index.early.is_empty() && index.watched.is_empty());
     }
 }

@@ -5,7 +5,7 @@
 use std::fs::OpenOptions;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use containerd_shim::api::DeleteResponse;
@@ -13,6 +13,8 @@ use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::util::{timestamp, write_address};
 use containerd_shim::{socket_address, spawn, Config, ExitSignal, Flags, StartOpts};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 use tracing_subscriber::EnvFilter;
 
@@ -27,6 +29,8 @@ const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
 /// How long the ttrpc server may take to close once the daemon is done.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long events still queued at the end may wait for containerd.
+const EVENTS_GRACE: Duration = Duration::from_secs(10);
 
 pub struct WasmletShim {
     namespace: String,
@@ -36,6 +40,8 @@ pub struct WasmletShim {
     /// The daemon's socket (`unix://PATH`), removed when the daemon ends.
     socket: String,
     exit: Arc<ExitSignal>,
+    /// Set once the daemon serves; flushed before it exits.
+    publisher: OnceLock<Arc<Publisher>>,
 }
 
 impl containerd_shim::Shim for WasmletShim {
@@ -52,6 +58,7 @@ impl containerd_shim::Shim for WasmletShim {
             id: args.id.clone(),
             socket: args.socket.clone(),
             exit: Arc::default(),
+            publisher: OnceLock::new(),
         }
     }
 
@@ -68,9 +75,18 @@ impl containerd_shim::Shim for WasmletShim {
         let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
         // Without a record Create never got as far as mounting: containerd's
         // default place is unmounted in case.
-        let record = TaskRecord::read(&bundle).unwrap_or_else(|| TaskRecord { rootfs: bundle.join("rootfs"), cgroup: None, scope: None });
+        let record = TaskRecord::read(&bundle).unwrap_or_else(|| TaskRecord::new(bundle.join("rootfs"), None, None));
+        if let Some(runc) = &record.runc {
+            if let Err(err) = runc.delete(&self.id) {
+                eprintln!("wasmlet: {err:#}");
+            }
+        }
+        // The instance outlives its shim only for the moment its parent-death
+        // signal takes: it is killed by pid, and through its cgroup.
+        if let Some(instance) = record.instance.as_ref().filter(|instance| instance.is_alive()) {
+            let _ = kill(Pid::from_raw(instance.pid as i32), Signal::SIGKILL);
+        }
         if let Some(path) = &record.cgroup {
-            // The instance outlives its shim: it is found through its cgroup.
             cgroup::kill_all(path);
             let removed = match &record.scope {
                 Some(scope) => scope.stop(),
@@ -88,6 +104,12 @@ impl containerd_shim::Shim for WasmletShim {
 
     fn wait(&mut self) {
         self.exit.wait();
+        // The last events (TaskDelete) must reach containerd before we go.
+        if let Some(publisher) = self.publisher.get() {
+            if !publisher.flush(EVENTS_GRACE) {
+                tracing::warn!("events not delivered {EVENTS_GRACE:?} after the last task: shim exits without them");
+            }
+        }
         // The crate removes the socket through the bundle's `address` file,
         // which containerd may already have deleted with the bundle.
         let path = self.socket.trim_start_matches("unix://");
@@ -105,7 +127,8 @@ impl containerd_shim::Shim for WasmletShim {
 
     fn create_task_service(&self, _publisher: RemotePublisher) -> Service {
         // Our own publisher packs events without protobuf reflection.
-        let publisher = Publisher::connect(&self.namespace).expect("connect to containerd's ttrpc address");
+        let publisher = Arc::new(Publisher::start(&self.namespace).expect("start the events thread"));
+        let _ = self.publisher.set(publisher.clone());
         Service::new(self.namespace.clone(), self.address.clone(), publisher, self.exit.clone())
     }
 }

@@ -59,9 +59,10 @@ impl Process {
     }
 
     /// Moves Created -> Running with `start`, which lets the process go and
-    /// returns its pid. The state stays locked meanwhile, so an immediate
-    /// exit is recorded after the start; a failed start leaves it Created.
-    pub fn start(&self, start: impl FnOnce() -> anyhow::Result<u32>) -> Result<u32, StartError> {
+    /// returns its pid, then calls `announce` with it. The state stays
+    /// locked meanwhile, so an immediate exit is recorded (and told) after
+    /// the start; a failed start leaves it Created.
+    pub fn start(&self, start: impl FnOnce() -> anyhow::Result<u32>, announce: impl FnOnce(u32)) -> Result<u32, StartError> {
         let mut state = self.state.lock().unwrap();
         match state.phase {
             Phase::Created => {}
@@ -70,6 +71,7 @@ impl Process {
         }
         state.pid = start()?;
         state.phase = Phase::Running;
+        announce(state.pid);
         Ok(state.pid)
     }
 
@@ -130,20 +132,44 @@ mod tests {
     fn a_process_goes_created_running_stopped() {
         let process = Process::new("p", "task p".into(), IoPaths::default(), 0);
         assert_eq!(process.status().0, Status::CREATED);
-        assert_eq!(process.start(|| Ok(42)).unwrap(), 42);
+        assert_eq!(process.start(|| Ok(42), |_| ()).unwrap(), 42);
         assert_eq!(process.status().0, Status::RUNNING);
-        assert!(matches!(process.start(|| Ok(43)), Err(StartError::AlreadyStarted(_))));
+        assert!(matches!(process.start(|| Ok(43), |_| ()), Err(StartError::AlreadyStarted(_))));
         process.exited(exit(3));
         assert_eq!(process.status().2.map(|e| e.code), Some(3));
-        assert!(matches!(process.start(|| Ok(44)), Err(StartError::Exited(_))));
+        assert!(matches!(process.start(|| Ok(44), |_| ()), Err(StartError::Exited(_))));
     }
 
     #[test]
     fn a_failed_start_leaves_it_created() {
         let process = Process::new("p", "task p".into(), IoPaths::default(), 7);
-        assert!(matches!(process.start(|| anyhow::bail!("no")), Err(StartError::Failed(_))));
+        assert!(matches!(process.start(|| anyhow::bail!("no"), |_| ()), Err(StartError::Failed(_))));
         let (status, pid, exit) = process.status();
         assert_eq!((status, pid, exit.is_none()), (Status::CREATED, 7, true));
+    }
+
+    #[test]
+    fn an_exit_during_the_start_comes_after_its_announcement() {
+        let process = Arc::new(Process::new("p", "task p".into(), IoPaths::default(), 1));
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reaper = None;
+        process
+            .start(
+                || {
+                    // The process exits at once: the reaper records it while Start is still going.
+                    let (process, told) = (process.clone(), told.clone());
+                    reaper = Some(std::thread::spawn(move || {
+                        process.exited(exit(0));
+                        told.lock().unwrap().push("exit");
+                    }));
+                    std::thread::sleep(Duration::from_millis(50));
+                    Ok(1)
+                },
+                |_| told.lock().unwrap().push("start"),
+            )
+            .unwrap();
+        reaper.unwrap().join().unwrap();
+        assert_eq!(*told.lock().unwrap(), ["start", "exit"]);
     }
 
     #[test]

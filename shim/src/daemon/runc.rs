@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use containerd_shim::monitor::{monitor_subscribe, wait_pid, Topic};
+use serde::{Deserialize, Serialize};
 
 use super::exits::Exits;
 use super::runtime_options::RuntimeOptions;
@@ -31,7 +32,38 @@ impl std::fmt::Debug for Runc {
     }
 }
 
+/// How runc was run, kept in the task record: enough for `shim delete` to
+/// remove a container whose daemon died.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuncRecord {
+    pub binary: String,
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+impl RuncRecord {
+    /// `runc delete --force`: kills what is left of the container and
+    /// removes its state and cgroup. Run without the daemon's reaper.
+    pub fn delete(&self, id: &str) -> Result<()> {
+        let mut command = Command::new(&self.binary);
+        command.arg("--root").arg(&self.root);
+        if self.systemd_cgroup {
+            command.arg("--systemd-cgroup");
+        }
+        let output = command.arg("delete").arg("--force").arg(id).stdin(Stdio::null()).output().with_context(|| format!("run {} delete", self.binary))?;
+        if !output.status.success() {
+            bail!("runc delete {id} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        }
+        Ok(())
+    }
+}
+
 impl Runc {
+    /// What `shim delete` needs to remove this runc's containers.
+    pub fn record(&self) -> RuncRecord {
+        RuncRecord { binary: self.binary.clone(), root: self.root.clone(), systemd_cgroup: self.systemd_cgroup }
+    }
+
     /// runc as configured by containerd's runtime options.
     pub fn new(options: &RuntimeOptions, namespace: &str, exits: Arc<Exits>) -> Self {
         let or_default = |value: &str, default: &str| if value.is_empty() { default.to_string() } else { value.to_string() };
@@ -133,6 +165,13 @@ impl Runc {
         }
         Ok(())
     }
+}
+
+/// Whether a failed runc command failed because the container's process
+/// is already gone (runc says "container not running", or knows it no more).
+pub fn is_not_running(err: &anyhow::Error) -> bool {
+    let message = format!("{err:#}");
+    ["container not running", "process already finished", "not exist"].iter().any(|m| message.contains(m))
 }
 
 fn read_pid(pid_file: &Path) -> Result<u32> {

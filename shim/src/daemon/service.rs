@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use containerd_shim::api::CreateTaskRequest;
-use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
+use containerd_shim::protos::events::task::{TaskExecStarted, TaskExit, TaskOOM, TaskStart};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::ExitSignal;
 use tracing::info;
@@ -51,11 +51,11 @@ impl Drop for InFlight<'_> {
 }
 
 impl Service {
-    pub fn new(namespace: String, containerd_address: String, publisher: Publisher, shutdown: Arc<ExitSignal>) -> Self {
+    pub fn new(namespace: String, containerd_address: String, publisher: Arc<Publisher>, shutdown: Arc<ExitSignal>) -> Self {
         let exits = Arc::new(Exits::default());
         exits.watch_reaper().expect("subscribe to process exits");
         let creator = Creator { namespace, containerd_address, exits: exits.clone() };
-        Service { publisher: Arc::new(publisher), creator, exits, table: Mutex::default(), shutdown }
+        Service { publisher, creator, exits, table: Mutex::default(), shutdown }
     }
 
     /// Marks a request in flight until the guard is dropped.
@@ -73,6 +73,8 @@ impl Service {
         if self.task(&req.id).is_ok() {
             anyhow::bail!("task {} already exists", req.id);
         }
+        // The init may exit before it is watched below.
+        let _window = self.exits.window();
         let task = Arc::new(self.creator.create(req)?);
         let mut table = self.table.lock().unwrap();
         table.shutdown_requested = false;
@@ -82,12 +84,31 @@ impl Service {
         Ok(task)
     }
 
+    /// Lets the task's init run; containerd hears TaskStart before any exit.
+    pub fn start(&self, task: &Task) -> Result<u32, TaskError> {
+        task.start(|pid| self.publisher.publish(TaskStart { container_id: task.id.clone(), pid, ..Default::default() }))
+    }
+
+    /// Runs an exec and watches it; TaskExecStarted comes before its exit.
+    pub fn start_exec(&self, task: &Arc<Task>, exec_id: &str) -> Result<Arc<Process>, TaskError> {
+        let _window = self.exits.window();
+        let announce = |pid| {
+            let event = TaskExecStarted { container_id: task.id.clone(), exec_id: exec_id.to_string(), pid, ..Default::default() };
+            self.publisher.publish(event)
+        };
+        let process = task.start_exec(exec_id, announce)?;
+        self.watch(task, &process);
+        Ok(process)
+    }
+
     /// Records `process`'s exit when it comes and tells containerd: a task
     /// that ran out of memory gets /tasks/oom first (CRI's OOMKilled).
-    pub fn watch(&self, task: &Arc<Task>, process: &Arc<Process>) {
+    /// Recording waits for a Start in progress, so its event goes first.
+    fn watch(&self, task: &Arc<Task>, process: &Arc<Process>) {
         let (publisher, task, process) = (self.publisher.clone(), task.clone(), process.clone());
         let pid = process.pid();
         self.exits.watch(pid, Box::new(move |exit: Exit| {
+            process.exited(exit.clone());
             if Arc::ptr_eq(&process, &task.init) {
                 info!(task = %task.id, pid, code = exit.code, "task exited");
                 if task.ran_out_of_memory() {
@@ -97,7 +118,6 @@ impl Service {
             } else {
                 info!(task = %task.id, exec = %process.id, code = exit.code, "exec exited");
             }
-            process.exited(exit.clone());
             publisher.publish(TaskExit {
                 container_id: task.id.clone(),
                 id: process.id.clone(),

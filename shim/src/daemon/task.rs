@@ -10,20 +10,24 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use containerd_shim::util::timestamp;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tracing::warn;
 
 use super::exec::Exec;
 use super::launch::{Launched, StartPipe};
-use super::process::{Process, StartError};
+use super::process::{Exit, Process, StartError};
 use super::rootfs;
-use super::runc::Runc;
+use super::runc::{self, Runc};
 use super::stdio::IoPaths;
 use super::systemd_scope::SystemdScope;
 use super::task_record::TaskRecord;
 use crate::shared::cgroup;
 use crate::shared::status_pipe::OUT_OF_MEMORY;
+
+/// The exit code of a process that could not be started, as runc's shim gives.
+const NOT_STARTED: u32 = 255;
 
 /// What runs the task.
 #[derive(Debug)]
@@ -126,19 +130,29 @@ impl Task {
         Ok(self.exec(exec_id)?.process.clone())
     }
 
-    /// Lets the init run: one byte on the instance's start pipe, or `runc start`.
-    pub fn start(&self) -> Result<u32, TaskError> {
+    /// Lets the init run: one byte on the instance's start pipe, or `runc
+    /// start`; `announce` tells containerd before any exit can. An init
+    /// that could not start is killed, so that its exit comes, Wait returns
+    /// and Delete goes ahead, as with runc's shim.
+    pub fn start(&self, announce: impl FnOnce(u32)) -> Result<u32, TaskError> {
         let pid = self.init.pid();
-        Ok(self.init.start(|| {
-            match &self.runtime {
-                Runtime::Wasm { start, .. } => match start.lock().unwrap().take() {
-                    Some(pipe) => pipe.start()?,
-                    None => anyhow::bail!("task {} has no instance to start", self.id),
-                },
-                Runtime::Native(runc) => runc.start(&self.id, &self.bundle)?,
-            }
-            Ok(pid)
-        })?)
+        let started = self.init.start(
+            || {
+                match &self.runtime {
+                    Runtime::Wasm { start, .. } => match start.lock().unwrap().take() {
+                        Some(pipe) => pipe.start()?,
+                        None => anyhow::bail!("task {} has no instance to start", self.id),
+                    },
+                    Runtime::Native(runc) => runc.start(&self.id, &self.bundle)?,
+                }
+                Ok(pid)
+            },
+            announce,
+        );
+        if let Err(StartError::Failed(_)) = &started {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        Ok(started?)
     }
 
     /// Records an exec of a native container; `process_json` is its OCI process.
@@ -158,11 +172,16 @@ impl Task {
         Ok(())
     }
 
-    /// Runs an exec through `runc exec`; returns its process.
-    pub fn start_exec(&self, exec_id: &str) -> Result<Arc<Process>, TaskError> {
+    /// Runs an exec through `runc exec`; returns its process. One that
+    /// could not start has exited (code 255), so its Wait returns.
+    pub fn start_exec(&self, exec_id: &str, announce: impl FnOnce(u32)) -> Result<Arc<Process>, TaskError> {
         let Runtime::Native(runc) = &self.runtime else { return Err(TaskError::Unsupported("exec")) };
         let exec = self.exec(exec_id)?;
-        exec.process.start(|| exec.run(runc, &self.id, &self.bundle))?;
+        let started = exec.process.start(|| exec.run(runc, &self.id, &self.bundle), announce);
+        if let Err(StartError::Failed(_)) = &started {
+            exec.process.exited(Exit { code: NOT_STARTED, at: timestamp().unwrap_or_default() });
+        }
+        started?;
         Ok(exec.process.clone())
     }
 
@@ -174,6 +193,10 @@ impl Task {
         }
         self.execs.lock().unwrap().remove(exec_id);
         exec.remove_files();
+        if !exec.process.is_stopped() {
+            // Never started: its waiters must not wait for ever.
+            exec.process.exited(Exit { code: NOT_STARTED, at: timestamp().unwrap_or_default() });
+        }
         Ok(exec.process.clone())
     }
 
@@ -188,12 +211,18 @@ impl Task {
             return Err(TaskError::Finished(process.pid()));
         }
         let signal = Signal::try_from(signal as i32).map_err(|_| TaskError::InvalidSignal(signal))?;
+        // A process that ended while the request was on its way is reported
+        // as finished (NOT_FOUND), which containerd takes as done.
+        let pid = process.pid();
         match &self.runtime {
-            Runtime::Native(runc) if exec_id.is_empty() => runc.kill(&self.id, &self.bundle, signal as i32, all)?,
-            _ => {
-                let pid = process.pid();
-                kill(Pid::from_raw(pid as i32), signal).map_err(|e| anyhow::anyhow!("kill {pid}: {e}"))?
-            }
+            Runtime::Native(runc) if exec_id.is_empty() => match runc.kill(&self.id, &self.bundle, signal as i32, all) {
+                Err(err) if process.is_stopped() || runc::is_not_running(&err) => return Err(TaskError::Finished(pid)),
+                killed => killed?,
+            },
+            _ => match kill(Pid::from_raw(pid as i32), signal) {
+                Err(nix::errno::Errno::ESRCH) => return Err(TaskError::Finished(pid)),
+                killed => killed.map_err(|e| anyhow::anyhow!("kill {pid}: {e}"))?,
+            },
         }
         Ok(())
     }

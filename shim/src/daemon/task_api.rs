@@ -3,7 +3,7 @@
 //! responses, error codes and task events.
 
 use containerd_shim::api::*;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskIO};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim::protos::types::task::ProcessInfo;
@@ -89,16 +89,14 @@ impl TaskApi for Service {
         let _busy = self.busy();
         let task = self.task(&req.id)?;
         if !req.exec_id.is_empty() {
-            let process = task.start_exec(&req.exec_id)?;
-            let pid = process.pid();
+            let pid = Service::start_exec(self, &task, &req.exec_id)
+                .inspect_err(|err| warn!(task = %task.id, exec = %req.exec_id, "exec start failed: {err}"))?
+                .pid();
             info!(task = %task.id, exec = %req.exec_id, pid, "exec started");
-            self.publisher.publish(TaskExecStarted { container_id: task.id.clone(), exec_id: req.exec_id.clone(), pid, ..Default::default() });
-            self.watch(&task, &process);
             return Ok(StartResponse { pid, ..Default::default() });
         }
-        let pid = task.start()?;
+        let pid = Service::start(self, &task).inspect_err(|err| warn!(task = %task.id, "start failed: {err}"))?;
         info!(task = %task.id, pid, "started");
-        self.publisher.publish(TaskStart { container_id: task.id.clone(), pid, ..Default::default() });
         Ok(StartResponse { pid, ..Default::default() })
     }
 

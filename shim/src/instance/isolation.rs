@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{setns, unshare, CloneFlags};
 use nix::unistd::{chdir, pivot_root, sethostname};
@@ -15,8 +15,11 @@ use crate::shared::launch_plan::{MountKind, MountPlan, NamespaceKind, NamespaceP
 
 /// Enters the planned PID namespace and goes on in it as a child: a PID
 /// namespace holds only the children of whoever enters it. Returns true in
-/// the first process, which must then leave, and false in the child.
+/// the first process, which must then leave, and false in the child, once
+/// it is the daemon's child (the daemon is a subreaper), so that its
+/// parent-death signal follows the daemon.
 pub fn enter_pid_namespace(pid: &PidNamespace) -> Result<bool> {
+    let (daemon, first) = (nix::unistd::getppid().as_raw() as u32, host_pid()?);
     match pid {
         PidNamespace::Join(path) => {
             let file = File::open(path).with_context(|| format!("open the pod's PID namespace {}", path.display()))?;
@@ -28,9 +31,30 @@ pub fn enter_pid_namespace(pid: &PidNamespace) -> Result<bool> {
     // one), so the child may go on running Rust after fork.
     match unsafe { nix::unistd::fork() }.context("fork into the PID namespace")? {
         nix::unistd::ForkResult::Parent { .. } => Ok(true),
-        nix::unistd::ForkResult::Child => Ok(false),
+        nix::unistd::ForkResult::Child => {
+            wait_for_parent(daemon, first)?;
+            Ok(false)
+        }
     }
 }
+
+/// Waits until the first process has left and this one's parent is the
+/// daemon. Its pid in this namespace says nothing (0): the host's /proc does.
+fn wait_for_parent(daemon: u32, first: u32) -> Result<()> {
+    let status = format!("/proc/{}/status", host_pid()?);
+    for _ in 0..5000 {
+        let text = std::fs::read_to_string(&status).with_context(|| format!("read {status}"))?;
+        let parent = text.lines().find_map(|line| line.strip_prefix("PPid:")).map(str::trim);
+        match parent.and_then(|p| p.parse::<u32>().ok()) {
+            Some(p) if p == daemon => return Ok(()),
+            // Reparented elsewhere: the daemon is gone.
+            Some(p) if p == first => std::thread::sleep(std::time::Duration::from_millis(1)),
+            _ => bail!("the shim daemon {daemon} is gone"),
+        }
+    }
+    bail!("still not the shim daemon's child after 5 s")
+}
+
 
 /// This process's pid as the daemon sees it: the host's /proc (still
 /// mounted here) numbers processes in the host's PID namespace.

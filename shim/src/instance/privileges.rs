@@ -7,9 +7,30 @@ use anyhow::{bail, Context, Result};
 use super::seccomp;
 use crate::shared::launch_plan::{RlimitPlan, UserPlan};
 use crate::shared::sandbox;
+use crate::shared::status_pipe::STATUS_FD;
 
+/// Becomes the pod's user, dies with the daemon from then on, and confines
+/// itself. The filters are built first: building allocates nothing after.
 pub fn drop_all(user: &UserPlan) -> Result<()> {
-    sandbox::drop_to(user, &seccomp::filters(std::process::id())?)
+    let filters = seccomp::filters(std::process::id())?;
+    sandbox::become_user(user)?;
+    die_with_daemon()?;
+    sandbox::confine(&filters)
+}
+
+/// SIGKILL when the daemon dies (the instance is the daemon's child, its
+/// PID namespace's intermediate process gone). Set after the last change
+/// of user, which would clear it. The daemon may have died before: its end
+/// of the status pipe then is closed, and the instance ends.
+fn die_with_daemon() -> Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("set the parent-death signal")?;
+    let mut status = libc::pollfd { fd: STATUS_FD, events: libc::POLLOUT, revents: 0 };
+    // Safety: poll reads and writes only the one pollfd given.
+    let ready = unsafe { libc::poll(&mut status, 1, 0) };
+    if ready < 0 || status.revents & libc::POLLERR != 0 {
+        bail!("the shim daemon is gone");
+    }
+    Ok(())
 }
 
 /// The spec's rlimits; raising a hard limit needs the capabilities still held.

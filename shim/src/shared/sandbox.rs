@@ -24,9 +24,9 @@ const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNET) as u64;
 
-/// Becomes `user` with no capabilities and no_new_privs, then installs
-/// `filters` in order on every thread.
-pub fn drop_to(user: &UserPlan, filters: &[BpfProgram]) -> Result<()> {
+/// Becomes `user` with no capability in any set. (A parent-death signal
+/// set before this is cleared by the kernel: set it after.)
+pub fn become_user(user: &UserPlan) -> Result<()> {
     // The bounding set can only shrink while CAP_SETPCAP is still held.
     caps::clear(None, CapSet::Bounding).context("clear the capability bounding set")?;
     caps::clear(None, CapSet::Ambient).context("clear ambient capabilities")?;
@@ -39,6 +39,11 @@ pub fn drop_to(user: &UserPlan, filters: &[BpfProgram]) -> Result<()> {
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable] {
         caps::clear(None, set).with_context(|| format!("clear {set:?} capabilities"))?;
     }
+    Ok(())
+}
+
+/// no_new_privs, then `filters` in order on every thread.
+pub fn confine(filters: &[BpfProgram]) -> Result<()> {
     nix::sys::prctl::set_no_new_privs().context("set no_new_privs")?;
     for filter in filters {
         seccompiler::apply_filter_all_threads(filter).context("install the seccomp filter")?;
