@@ -15,7 +15,8 @@ use crate::install::SHIM_PATH;
 /// How often the wait says what it waits for.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-/// Waits up to `timeout` until no shim daemon of this install runs.
+/// Waits up to `timeout` until no process runs this install's shim (its
+/// daemons, and their instances, which run the same binary).
 pub fn wait_for_shims(host: &Host, timeout: Duration) -> Result<()> {
     let installed = [PathBuf::from(SHIM_PATH), host.path(SHIM_PATH)];
     let deadline = Instant::now() + timeout;
@@ -27,9 +28,8 @@ pub fn wait_for_shims(host: &Host, timeout: Duration) -> Result<()> {
         }
         if Instant::now() >= deadline {
             bail!(
-                "{} wasmlet shims still run on this node after {timeout:?} (pids {running:?}): their wasm pods need the shim \
-                 to be cleaned up, so nothing was removed; delete or drain those pods and uninstall again",
-                running.len()
+                "wasm pods still run on this node after {timeout:?} (processes {running:?} run the wasmlet shim): they need \
+                 the shim to be cleaned up, so nothing was removed; delete or drain those pods and uninstall again"
             );
         }
         if reported.is_none_or(|at| at.elapsed() >= REPORT_EVERY) {

@@ -303,16 +303,19 @@ def config_runtimes(config):
     return config["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
 
 
-def shim_pids(node):
-    """Shim daemons running the node's installed binary (or its replaced file)."""
+def shim_daemons(node):
+    """Shim daemons running the node's installed binary (or its replaced
+    file); its instances run it too, as `... instance BUNDLE`."""
     installed = node.path(SHIM_HOST_PATH)
     found = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
             exe = os.readlink(f"/proc/{entry}/exe")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
         except OSError:
             continue
-        if exe.removesuffix(" (deleted)") == installed:
+        if exe.removesuffix(" (deleted)") == installed and b"instance" not in argv[1:2]:
             found.append(int(entry))
     return found
 
@@ -329,7 +332,7 @@ def test_upgrade_and_uninstall_under_a_running_wasm_pod(make_node, api, tmp_path
         sandbox_id = kubelet.run_pod_sandbox(sleeper)
         container_id = kubelet.start_containers(sleeper, sandbox_id)["sleep"]
         kubelet.wait_container(container_id, v1.CONTAINER_RUNNING, timeout=30)
-        [old_shim] = shim_pids(node)
+        [old_shim] = shim_daemons(node)
 
         # Upgrade: no restart; the running pod keeps its shim, a new pod runs the new binary.
         new_shim = tmp_path / "containerd-shim-wasmlet-v1"
@@ -345,7 +348,7 @@ def test_upgrade_and_uninstall_under_a_running_wasm_pod(make_node, api, tmp_path
         del api.label_patches[:]
         refused = node.run_installer("uninstall", env={**env, "WASMLET_DRAIN_TIMEOUT": "2"})
         assert refused.returncode != 0
-        assert "still run on this node" in refused.stderr and str(old_shim) in refused.stderr, refused.stderr
+        assert "wasm pods still run on this node" in refused.stderr and str(old_shim) in refused.stderr, refused.stderr
         assert api.label_patches == [(NODE, {LABEL: "uninstalling"})]
         assert os.path.exists(node.path(SHIM_HOST_PATH)) and os.path.lexists(node.path(LINK))
         assert node.restarts == 1
