@@ -75,6 +75,11 @@ impl Process {
         Ok(state.pid)
     }
 
+    /// Returns once a Start in progress (which holds the state) is over.
+    pub fn wait_for_start(&self) {
+        drop(self.state.lock().unwrap());
+    }
+
     pub fn pid(&self) -> u32 {
         self.state.lock().unwrap().pid
     }

@@ -4,18 +4,22 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use containerd_shim::api::CreateTaskRequest;
 use containerd_shim::protos::events::task::{TaskExecStarted, TaskExit, TaskOOM, TaskStart};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::ExitSignal;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::create::Creator;
 use super::events::Publisher;
 use super::exits::Exits;
 use super::process::{Exit, Process};
 use super::task::{Task, TaskError};
+
+/// How long an exit waits for containerd to take the /tasks/oom before it.
+const OOM_DELIVERY: Duration = Duration::from_secs(2);
 
 pub struct Service {
     pub publisher: Arc<Publisher>,
@@ -101,23 +105,28 @@ impl Service {
         Ok(process)
     }
 
-    /// Records `process`'s exit when it comes and tells containerd: a task
-    /// that ran out of memory gets /tasks/oom first (CRI's OOMKilled).
-    /// Recording waits for a Start in progress, so its event goes first.
+    /// Records `process`'s exit when it comes and tells containerd, after
+    /// any Start in progress has told it of the start. A task that ran out
+    /// of memory gets /tasks/oom first, delivered before its Wait returns:
+    /// CRI learns of the exit from Wait and says OOMKilled only if it knew.
     fn watch(&self, task: &Arc<Task>, process: &Arc<Process>) {
         let (publisher, task, process) = (self.publisher.clone(), task.clone(), process.clone());
         let pid = process.pid();
         self.exits.watch(pid, Box::new(move |exit: Exit| {
-            process.exited(exit.clone());
+            process.wait_for_start();
             if Arc::ptr_eq(&process, &task.init) {
                 info!(task = %task.id, pid, code = exit.code, "task exited");
                 if task.ran_out_of_memory() {
                     info!(task = %task.id, "task ran out of memory");
                     publisher.publish(TaskOOM { container_id: task.id.clone(), ..Default::default() });
+                    if !publisher.flush(OOM_DELIVERY) {
+                        warn!(task = %task.id, "containerd has not taken /tasks/oom after {OOM_DELIVERY:?}: the exit goes first");
+                    }
                 }
             } else {
                 info!(task = %task.id, exec = %process.id, code = exit.code, "exec exited");
             }
+            process.exited(exit.clone());
             publisher.publish(TaskExit {
                 container_id: task.id.clone(),
                 id: process.id.clone(),
