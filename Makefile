@@ -5,7 +5,7 @@ SHELL := bash
 # Steps depend on each other's side effects (deps before build...): keep order.
 .NOTPARALLEL:
 
-.PHONY: help deps build release images unit chart e2e vm-test test demo bench clean wasm-image push
+.PHONY: help deps build release images unit chart e2e chaos vm-test test demo bench clean wasm-image push
 
 # containerd versions `make e2e` runs the suite against, one whole run each
 # (tests/containerd.sh fetches the newer ones). The demo and bench use 1.6.20.
@@ -22,6 +22,9 @@ help:
 	@echo "  chart   render, lint and validate charts/wasmlet (tests/chart)"
 	@echo "  e2e     run the end-to-end tests against a private containerd, once per"
 	@echo "          version in CONTAINERD_VERSIONS (default: $(CONTAINERD_VERSIONS))"
+	@echo "  chaos   the fault tests alone (containerd and shims killed, 1,000 pod"
+	@echo "          cycles, a full cache disk, upgrade and uninstall under live pods),"
+	@echo "          once per version in CONTAINERD_VERSIONS; part of e2e"
 	@echo "  vm-test the VM lane: a node with systemd as PID 1 and cgroup v2 only, made"
 	@echo "          once from Debian's packages (tests/vm), wasmlet installed by its"
 	@echo "          installer, pods through CRI with the systemd and cgroupfs drivers"
@@ -53,17 +56,33 @@ unit:
 chart: deps
 	python3 -m pytest -v tests/chart
 
-# Every version runs even after one fails, so one run shows them all.
-e2e:
+# The fault tests: containerd and shims killed, churn, cache faults, an
+# upgrade and an uninstall under live pods. Part of e2e; `make chaos` alone.
+CHAOS_TESTS = tests/e2e/test_restarts.py tests/e2e/test_shim_death.py tests/e2e/test_churn.py \
+	tests/e2e/test_cache_faults.py tests/e2e/test_installer.py::test_upgrade_and_uninstall_under_a_running_wasm_pod
+
+# Runs pytest on $(1) once per version; every version runs even after one
+# fails, so one run shows them all. The churn test makes 1,000 pod cycles
+# against the newest version and $(3) against the others (about 9 minutes a
+# thousand on 2 cores).
+define per_version
 	@failed=""; \
 	for version in $(CONTAINERD_VERSIONS); do \
-		echo "== e2e against containerd $$version"; \
-		WASMLET_CONTAINERD=$$version python3 -m pytest -v tests/e2e || failed="$$failed $$version"; \
+		echo "== $(2) against containerd $$version"; \
+		cycles=$(3); [[ $$version == "$(lastword $(CONTAINERD_VERSIONS))" ]] && cycles=1000; \
+		WASMLET_CONTAINERD=$$version WASMLET_CHURN_CYCLES=$$cycles python3 -m pytest -v $(1) || failed="$$failed $$version"; \
 	done; \
 	if [[ -n "$$failed" ]]; then \
-		echo "e2e failed against containerd$$failed"; \
+		echo "$(2) failed against containerd$$failed"; \
 		exit 1; \
 	fi
+endef
+
+e2e:
+	$(call per_version,tests/e2e,e2e,200)
+
+chaos: deps build release images
+	$(call per_version,$(CHAOS_TESTS),chaos,1000)
 
 vm-test: deps release images
 	python3 tests/vm/lane.py

@@ -62,6 +62,16 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 SHIM_SOCKET_DIR = "/run/containerd/s"
 
 
+def report(line):
+    """Prints a figure a test measured and keeps it in out/e2e/figures-VERSION.txt,
+    as pytest shows no output of a test that passes."""
+    print(line)
+    path = os.path.join(REPO_ROOT, "out", "e2e", f"figures-{CONTAINERD_VERSION}.txt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
+
 class CtrError(subprocess.CalledProcessError):
     """A failed ctr call; str() includes what ctr printed."""
 
@@ -320,6 +330,16 @@ disabled_plugins = [{disabled_list}]
                                    f"{res.stderr}\n{self.log_tail()}")
             time.sleep(0.2)
 
+    def kill(self):
+        """SIGKILL containerd, as a crash or an OOM kill would end it; its
+        shims and tasks go on."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self, timeout=60):
+        """Start containerd again after kill(), with the same dirs and config."""
+        self._start(timeout)
+
     def _command(self):
         """containerd's argv."""
         return [os.path.join(self.bin_dir, "containerd"), "--config", self.config]
@@ -469,7 +489,7 @@ disabled_plugins = [{disabled_list}]
             live = set() if include_live or not self._running() else set(self.tasks())
             found = (self._stray_processes(live) + self._stray_mounts(live)
                      + self._stray_cgroups(live) + self._stray_sockets(live)
-                     + self._stray_network(live))
+                     + self._stray_network(live) + self._stray_runc_state(live))
             if not found or time.monotonic() >= deadline:
                 return found
             time.sleep(0.2)
@@ -640,6 +660,13 @@ disabled_plugins = [{disabled_list}]
             path = os.path.join(SHIM_SOCKET_DIR, hashlib.sha256(key).hexdigest())
             if os.path.exists(path):
                 found[path] = task_id
+        return found
+
+    def _stray_runc_state(self, live):
+        """runc's state dirs (<root>/<namespace>/<id>) of containers gone."""
+        found = []
+        for root in glob.glob(os.path.join(self.runc_root, "*")):
+            found += [f"runc state {os.path.join(root, c)}" for c in sorted(os.listdir(root)) if c not in live]
         return found
 
     def _stray_sockets(self, live):

@@ -60,6 +60,20 @@ def test_kill_wait_state_and_delete_agree_on_the_exit(clean, api):
     assert (deleted.exit_status, deleted.exited_at) == (137, waited.exited_at)
 
 
+def test_a_start_that_fails_gives_an_exit_and_delete_works(clean, api):
+    task = "api-start-fails"
+    pid = create_task(clean, api, task)
+    os.kill(pid, signal.SIGKILL)  # the instance dies between Create and Start
+    with pytest.raises(grpc.RpcError):
+        api.start_task(task)
+    # As with runc's shim: the exit is there for Wait and State, and Delete goes ahead.
+    assert api.wait(task, timeout=10).exit_status == 137
+    assert api.state(task)[1] == "STOPPED"
+    assert api.delete_task(task).exit_status == 137
+    clean.ctr("containers", "rm", task)
+    assert clean.leftovers() == []
+
+
 UNSUPPORTED = {
     "exec": lambda api, task: api.exec(task, "exec-1", {"args": ["x"], "cwd": "/"}),
     "pause": lambda api, task: api.pause(task),
