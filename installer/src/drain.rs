@@ -18,11 +18,10 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Waits up to `timeout` until no process runs this install's shim (its
 /// daemons, and their instances, which run the same binary).
 pub fn wait_for_shims(host: &Host, timeout: Duration) -> Result<()> {
-    let installed = [PathBuf::from(SHIM_PATH), host.path(SHIM_PATH)];
     let deadline = Instant::now() + timeout;
     let mut reported = None::<Instant>;
     loop {
-        let running = running_shims(&installed);
+        let running = running_shims(host);
         if running.is_empty() {
             return Ok(());
         }
@@ -42,11 +41,12 @@ pub fn wait_for_shims(host: &Host, timeout: Duration) -> Result<()> {
 
 /// The processes whose executable is the installed shim (or was: an
 /// upgrade replaced the file they run, which /proc marks as deleted).
-fn running_shims(installed: &[PathBuf]) -> Vec<u32> {
+pub fn running_shims(host: &Host) -> Vec<u32> {
+    let installed = [PathBuf::from(SHIM_PATH), host.path(SHIM_PATH)];
     let Ok(processes) = std::fs::read_dir("/proc") else { return vec![] };
     processes
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| runs_installed(&exe, installed)))
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| runs_installed(&exe, &installed)))
         .collect()
 }
 

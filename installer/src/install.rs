@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 use crate::config::{self, Entry, Layout};
 use crate::containerd;
 use crate::distro::{ConfigKind, Distribution, Node};
+use crate::drain;
 use crate::host::{digest, file_digest, Host};
 use crate::node_check::{self, CgroupDriver};
 use crate::state::{State, INSTALL_DIR};
@@ -49,7 +50,8 @@ pub enum Outcome {
 
 /// Installs wasmlet, or brings an install up to date. On failure, whatever
 /// was installed is removed again and containerd runs with its config as
-/// it was before wasmlet, so the node keeps working.
+/// it was before wasmlet, so the node keeps working; unless wasm pods still
+/// run here (a failed upgrade), whose shim must stay.
 pub fn install(host: &Host, settings: &Settings) -> Result<Outcome> {
     let previous = State::load(host)?;
     let distribution = match (settings.distribution, &previous) {
@@ -63,6 +65,11 @@ pub fn install(host: &Host, settings: &Settings) -> Result<Outcome> {
     let node = distribution.node(host)?;
     let result = apply(host, settings, &node, previous.as_ref());
     if let Err(err) = &result {
+        let running = drain::running_shims(host);
+        if !running.is_empty() {
+            // Their shims are needed to clean them up: the last install stays.
+            bail!("{err:#}; wasm pods still run on this node (processes {running:?} run the wasmlet shim), so nothing was undone");
+        }
         error!("install failed, removing wasmlet from this node again: {err:#}");
         if let Err(undo) = uninstall(host, settings) {
             bail!("{err:#}; removing wasmlet again failed too: {undo:#}");

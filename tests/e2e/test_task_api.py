@@ -27,6 +27,15 @@ def create_task(ctd, api, container_id):
     return api.create_task(container_id, api.rootfs_mounts(ctd.snapshotter, container_id))
 
 
+def dead(pid):
+    """Gone, or a zombie: its files are closed."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def seconds(timestamp):
     return timestamp.seconds + timestamp.nanos / 1e9
 
@@ -64,6 +73,11 @@ def test_a_start_that_fails_gives_an_exit_and_delete_works(clean, api):
     task = "api-start-fails"
     pid = create_task(clean, api, task)
     os.kill(pid, signal.SIGKILL)  # the instance dies between Create and Start
+    # Its exit takes a moment (its address space goes first, its pipes last).
+    deadline = time.monotonic() + 10
+    while not dead(pid):
+        assert time.monotonic() < deadline, "the instance did not die"
+        time.sleep(0.01)
     with pytest.raises(grpc.RpcError):
         api.start_task(task)
     # As with runc's shim: the exit is there for Wait and State, and Delete goes ahead.

@@ -15,6 +15,7 @@ use containerd_shim::protos::shim::event::Envelope;
 use containerd_shim::protos::shim_sync::{Client, EventsClient};
 use containerd_shim::protos::topics::*;
 use containerd_shim::protos::ttrpc::context::with_timeout;
+use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::util::{connect, timestamp};
 use tracing::{info, warn};
 
@@ -136,7 +137,8 @@ impl Forwarder {
             match self.forward(request) {
                 Ok(()) if attempt > 0 => return info!(topic, attempt, "event delivered after containerd came back"),
                 Ok(()) => return,
-                Err(err) => {
+                Err(Rejected(err)) => return warn!(topic, "containerd refused the event, dropped: {err}"),
+                Err(Failed(err)) => {
                     if attempt == 0 {
                         warn!(topic, "forward event: {err:#}; retrying until containerd takes it");
                     }
@@ -147,16 +149,31 @@ impl Forwarder {
         }
     }
 
-    fn forward(&mut self, request: &ForwardRequest) -> anyhow::Result<()> {
+    fn forward(&mut self, request: &ForwardRequest) -> Result<(), Attempt> {
         if self.client.is_none() {
-            let fd = connect(&self.address).with_context(|| format!("connect to {}", self.address))?;
-            self.client = Some(EventsClient::new(Client::new(fd)?));
+            let fd = connect(&self.address).with_context(|| format!("connect to {}", self.address)).map_err(Failed)?;
+            self.client = Some(EventsClient::new(Client::new(fd).map_err(|err| Failed(err.into()))?));
         }
         let client = self.client.as_ref().expect("connected above");
-        client.forward(with_timeout(FORWARD_DEADLINE.as_nanos() as i64), request)?;
-        Ok(())
+        match client.forward(with_timeout(FORWARD_DEADLINE.as_nanos() as i64), request) {
+            Ok(_) => Ok(()),
+            // containerd answered no: trying again would block every later event.
+            Err(ttrpc::Error::RpcStatus(status)) if !matches!(status.code(), Code::UNAVAILABLE | Code::DEADLINE_EXCEEDED) => {
+                Err(Rejected(status.message().to_string()))
+            }
+            Err(err) => Err(Failed(err.into())),
+        }
     }
 }
+
+/// Why a forward did not go through.
+enum Attempt {
+    /// containerd is away or stalled: connect again and retry.
+    Failed(anyhow::Error),
+    /// containerd refused the event itself.
+    Rejected(String),
+}
+use Attempt::{Failed, Rejected};
 
 #[cfg(test)]
 mod tests {

@@ -6,11 +6,12 @@
 //!
 //! An exit can come before its process is watched: a fast process, reaped
 //! while its Create or exec Start is still being answered. Whoever starts a
-//! process therefore opens a window first and watches the pid before closing
-//! it; exits of unwatched pids are kept only while a window is open. Exits
-//! nobody watches (orphans, runc's commands) are thus dropped once the
-//! windows close, and can never land on a later process that gets the same
-//! pid after the pids wrap around.
+//! process therefore opens a window first and watches the pid through it;
+//! exits of unwatched pids are kept only while a window is open, and a
+//! watch takes only an exit that came after its own window opened. Exits
+//! nobody watches (orphans, runc's commands) are dropped once the windows
+//! close, and can never land on a later process that got the same pid after
+//! the pids wrapped around, however long windows overlap.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -33,13 +34,18 @@ struct Index {
     watched: HashMap<u32, OnExit>,
     /// Windows open now.
     windows: usize,
-    /// Exits of unwatched pids that came while a window was open.
-    early: HashMap<u32, Exit>,
+    /// Exits of unwatched pids that came while a window was open, each with
+    /// its place in the order of arrival.
+    early: HashMap<u32, (u64, Exit)>,
+    /// The place the next exit gets.
+    next: u64,
 }
 
 /// While it lives, exits of pids not yet watched are kept for their watch.
 pub struct Window<'a> {
     exits: &'a Exits,
+    /// Exits from this place on came after the window opened.
+    opened: u64,
 }
 
 impl Drop for Window<'_> {
@@ -48,6 +54,23 @@ impl Drop for Window<'_> {
         index.windows -= 1;
         if index.windows == 0 {
             index.early.clear();
+        }
+    }
+}
+
+impl Window<'_> {
+    /// Calls `on_exit` when `pid` exits, at once if it has since the window
+    /// opened.
+    pub fn watch(&self, pid: u32, on_exit: OnExit) {
+        let mut index = self.exits.index.lock().unwrap();
+        match index.early.remove(&pid) {
+            Some((place, exit)) if place >= self.opened => {
+                drop(index);
+                on_exit(exit);
+            }
+            _ => {
+                index.watched.insert(pid, on_exit);
+            }
         }
     }
 }
@@ -70,23 +93,9 @@ impl Exits {
     /// Opens a window: to be held from before a process is spawned until
     /// its pid is watched.
     pub fn window(&self) -> Window<'_> {
-        self.index.lock().unwrap().windows += 1;
-        Window { exits: self }
-    }
-
-    /// Calls `on_exit` when `pid` exits, at once if it already has (within
-    /// the caller's window).
-    pub fn watch(&self, pid: u32, on_exit: OnExit) {
         let mut index = self.index.lock().unwrap();
-        match index.early.remove(&pid) {
-            Some(exit) => {
-                drop(index);
-                on_exit(exit);
-            }
-            None => {
-                index.watched.insert(pid, on_exit);
-            }
-        }
+        index.windows += 1;
+        Window { exits: self, opened: index.next }
     }
 
     /// Forgets `pid` (a process whose exit nobody wants), whether or not its
@@ -103,7 +112,9 @@ impl Exits {
             drop(index);
             on_exit(exit);
         } else if index.windows > 0 {
-            index.early.insert(pid, exit);
+            let place = index.next;
+            index.next += 1;
+            index.early.insert(pid, (place, exit));
         }
     }
 }
@@ -126,7 +137,7 @@ mod tests {
     fn a_watched_exit_is_handed_over_once() {
         let exits = Exits::default();
         let (on_exit, codes) = recorder();
-        exits.watch(10, on_exit);
+        exits.window().watch(10, on_exit);
         exits.exited(10, exit(3));
         exits.exited(10, exit(4));
         assert_eq!(codes.try_iter().collect::<Vec<_>>(), vec![3]);
@@ -138,7 +149,7 @@ mod tests {
         let window = exits.window();
         exits.exited(11, exit(5));
         let (on_exit, codes) = recorder();
-        exits.watch(11, on_exit);
+        window.watch(11, on_exit);
         drop(window);
         assert_eq!(codes.try_recv().unwrap(), 5);
     }
@@ -152,9 +163,23 @@ mod tests {
         drop(window);
         // A later process that got pid 13 is not taken for dead.
         let (on_exit, codes) = recorder();
-        exits.watch(13, on_exit);
+        exits.window().watch(13, on_exit);
         assert!(codes.try_recv().is_err());
         assert!(exits.index.lock().unwrap().early.is_empty());
+    }
+
+    #[test]
+    fn an_exit_from_before_the_window_is_not_taken() {
+        let exits = Exits::default();
+        let long_create = exits.window();
+        exits.exited(16, exit(1)); // an orphan's, kept for the long window
+        let exec_start = exits.window();
+        let (on_exit, codes) = recorder();
+        exec_start.watch(16, on_exit); // a new process that got pid 16
+        assert!(codes.try_recv().is_err());
+        exits.exited(16, exit(7));
+        assert_eq!(codes.try_recv().unwrap(), 7);
+        drop((exec_start, long_create));
     }
 
     #[test]
@@ -164,7 +189,7 @@ mod tests {
         exits.exited(14, exit(1));
         exits.discard(14);
         let (on_exit, _) = recorder();
-        exits.watch(15, on_exit);
+        exits.window().watch(15, on_exit);
         exits.discard(15);
         let index = exits.index.lock().unwrap();
         assert!(index.early.is_empty() && index.watched.is_empty());

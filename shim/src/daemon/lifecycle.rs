@@ -20,6 +20,7 @@ use tracing_subscriber::EnvFilter;
 
 use super::events::Publisher;
 use super::rootfs;
+use super::runc::Runc;
 use super::service::Service;
 use super::task_record::TaskRecord;
 use crate::shared::cgroup;
@@ -77,7 +78,7 @@ impl containerd_shim::Shim for WasmletShim {
         // default place is unmounted in case.
         let record = TaskRecord::read(&bundle).unwrap_or_else(|| TaskRecord::new(bundle.join("rootfs"), None, None));
         if let Some(runc) = &record.runc {
-            if let Err(err) = runc.delete(&self.id) {
+            if let Err(err) = Runc::of_record(runc).delete(&self.id, &bundle) {
                 eprintln!("wasmlet: {err:#}");
             }
         }

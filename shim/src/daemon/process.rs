@@ -90,6 +90,22 @@ impl Process {
         self.exited.notify_all();
     }
 
+    /// Ends a process that was never started with `exit` (waking its
+    /// waiters) and keeps a stopped one as it is, in one step, so a Start
+    /// cannot come in between; false for a running one.
+    pub fn end_unless_started(&self, exit: Exit) -> bool {
+        let mut state = self.state.lock().unwrap();
+        match state.phase {
+            Phase::Running => false,
+            Phase::Stopped(_) => true,
+            Phase::Created => {
+                state.phase = Phase::Stopped(exit);
+                self.exited.notify_all();
+                true
+            }
+        }
+    }
+
     /// The phase as containerd names it, the pid, and the exit once there is one.
     pub fn status(&self) -> (Status, u32, Option<Exit>) {
         let state = self.state.lock().unwrap();

@@ -33,7 +33,7 @@ impl std::fmt::Debug for Runc {
 }
 
 /// How runc was run, kept in the task record: enough for `shim delete` to
-/// remove a container whose daemon died.
+/// remove a container whose daemon died (`Runc::of_record`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuncRecord {
     pub binary: String,
@@ -41,27 +41,18 @@ pub struct RuncRecord {
     pub systemd_cgroup: bool,
 }
 
-impl RuncRecord {
-    /// `runc delete --force`: kills what is left of the container and
-    /// removes its state and cgroup. Run without the daemon's reaper.
-    pub fn delete(&self, id: &str) -> Result<()> {
-        let mut command = Command::new(&self.binary);
-        command.arg("--root").arg(&self.root);
-        if self.systemd_cgroup {
-            command.arg("--systemd-cgroup");
-        }
-        let output = command.arg("delete").arg("--force").arg(id).stdin(Stdio::null()).output().with_context(|| format!("run {} delete", self.binary))?;
-        if !output.status.success() {
-            bail!("runc delete {id} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
-        }
-        Ok(())
-    }
-}
-
 impl Runc {
     /// What `shim delete` needs to remove this runc's containers.
     pub fn record(&self) -> RuncRecord {
         RuncRecord { binary: self.binary.clone(), root: self.root.clone(), systemd_cgroup: self.systemd_cgroup }
+    }
+
+    /// runc as a task record says it was run, for `shim delete`: no exits
+    /// to keep there, but the containerd-shim crate's reaper runs, so runc
+    /// is waited for through it as in the daemon.
+    pub fn of_record(record: &RuncRecord) -> Self {
+        let RuncRecord { binary, root, systemd_cgroup } = record.clone();
+        Runc { binary, root, systemd_cgroup, exits: Arc::default() }
     }
 
     /// runc as configured by containerd's runtime options.
@@ -171,7 +162,7 @@ impl Runc {
 /// is already gone (runc says "container not running", or knows it no more).
 pub fn is_not_running(err: &anyhow::Error) -> bool {
     let message = format!("{err:#}");
-    ["container not running", "process already finished", "not exist"].iter().any(|m| message.contains(m))
+    ["container not running", "process already finished", "container does not exist"].iter().any(|m| message.contains(m))
 }
 
 fn read_pid(pid_file: &Path) -> Result<u32> {

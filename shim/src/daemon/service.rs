@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::create::Creator;
 use super::events::Publisher;
-use super::exits::Exits;
+use super::exits::{Exits, Window};
 use super::process::{Exit, Process};
 use super::task::{Task, TaskError};
 
@@ -78,13 +78,13 @@ impl Service {
             anyhow::bail!("task {} already exists", req.id);
         }
         // The init may exit before it is watched below.
-        let _window = self.exits.window();
+        let window = self.exits.window();
         let task = Arc::new(self.creator.create(req)?);
         let mut table = self.table.lock().unwrap();
         table.shutdown_requested = false;
         table.by_id.insert(task.id.clone(), task.clone());
         drop(table);
-        self.watch(&task, &task.init);
+        self.watch(&window, &task, &task.init);
         Ok(task)
     }
 
@@ -95,13 +95,13 @@ impl Service {
 
     /// Runs an exec and watches it; TaskExecStarted comes before its exit.
     pub fn start_exec(&self, task: &Arc<Task>, exec_id: &str) -> Result<Arc<Process>, TaskError> {
-        let _window = self.exits.window();
+        let window = self.exits.window();
         let announce = |pid| {
             let event = TaskExecStarted { container_id: task.id.clone(), exec_id: exec_id.to_string(), pid, ..Default::default() };
             self.publisher.publish(event)
         };
         let process = task.start_exec(exec_id, announce)?;
-        self.watch(task, &process);
+        self.watch(&window, task, &process);
         Ok(process)
     }
 
@@ -109,10 +109,10 @@ impl Service {
     /// any Start in progress has told it of the start. A task that ran out
     /// of memory gets /tasks/oom first, delivered before its Wait returns:
     /// CRI learns of the exit from Wait and says OOMKilled only if it knew.
-    fn watch(&self, task: &Arc<Task>, process: &Arc<Process>) {
+    fn watch(&self, window: &Window, task: &Arc<Task>, process: &Arc<Process>) {
         let (publisher, task, process) = (self.publisher.clone(), task.clone(), process.clone());
         let pid = process.pid();
-        self.exits.watch(pid, Box::new(move |exit: Exit| {
+        window.watch(pid, Box::new(move |exit: Exit| {
             process.wait_for_start();
             if Arc::ptr_eq(&process, &task.init) {
                 info!(task = %task.id, pid, code = exit.code, "task exited");

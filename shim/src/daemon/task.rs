@@ -131,9 +131,10 @@ impl Task {
     }
 
     /// Lets the init run: one byte on the instance's start pipe, or `runc
-    /// start`; `announce` tells containerd before any exit can. An init
+    /// start`; `announce` tells containerd before any exit can. A runc init
     /// that could not start is killed, so that its exit comes, Wait returns
-    /// and Delete goes ahead, as with runc's shim.
+    /// and Delete goes ahead, as with runc's shim. (An instance whose start
+    /// pipe fails is gone already, its pid maybe reaped: it is not signalled.)
     pub fn start(&self, announce: impl FnOnce(u32)) -> Result<u32, TaskError> {
         let pid = self.init.pid();
         let started = self.init.start(
@@ -149,7 +150,7 @@ impl Task {
             },
             announce,
         );
-        if let Err(StartError::Failed(_)) = &started {
+        if let (Err(StartError::Failed(_)), Runtime::Native(_)) = (&started, &self.runtime) {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         Ok(started?)
@@ -188,15 +189,12 @@ impl Task {
     /// Forgets a finished exec and removes its files.
     pub fn remove_exec(&self, exec_id: &str) -> Result<Arc<Process>, TaskError> {
         let exec = self.exec(exec_id)?;
-        if exec.process.is_running() {
+        // One never started ends now: its waiters must not wait for ever.
+        if !exec.process.end_unless_started(Exit { code: NOT_STARTED, at: timestamp().unwrap_or_default() }) {
             return Err(TaskError::StillRunning(exec.process.name.clone()));
         }
         self.execs.lock().unwrap().remove(exec_id);
         exec.remove_files();
-        if !exec.process.is_stopped() {
-            // Never started: its waiters must not wait for ever.
-            exec.process.exited(Exit { code: NOT_STARTED, at: timestamp().unwrap_or_default() });
-        }
         Ok(exec.process.clone())
     }
 

@@ -55,9 +55,12 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 impl TaskRecord {
+    /// Writes the record whole or not at all (a temporary file renamed over
+    /// it): a daemon that dies meanwhile leaves the last one readable.
     pub fn write(&self, bundle: &Path) -> Result<()> {
-        let path = bundle.join(FILE);
-        std::fs::write(&path, serde_json::to_vec(self)?).with_context(|| format!("write {}", path.display()))
+        let (path, temporary) = (bundle.join(FILE), bundle.join(format!(".{FILE}.tmp")));
+        std::fs::write(&temporary, serde_json::to_vec(self)?).with_context(|| format!("write {}", temporary.display()))?;
+        std::fs::rename(&temporary, &path).with_context(|| format!("rename {} to {}", temporary.display(), path.display()))
     }
 
     /// The record of the task in `bundle`; None if Create never wrote one.
