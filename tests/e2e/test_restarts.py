@@ -74,6 +74,7 @@ def kill(pid):
 
 
 def is_gone(pid):
+    """Gone, or a zombie (its files closed, its exit on its way)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"

@@ -9,6 +9,7 @@ import pytest
 
 from containerd_api import Client
 from harness import WASM_RUNTIME
+from test_restarts import is_gone
 
 SLEEP = "wasmlet.test/sleep:latest"
 
@@ -25,15 +26,6 @@ def create_task(ctd, api, container_id):
     ctd.ctr("containers", "create", "--snapshotter", ctd.snapshotter,
             "--runtime", WASM_RUNTIME, SLEEP, container_id)
     return api.create_task(container_id, api.rootfs_mounts(ctd.snapshotter, container_id))
-
-
-def dead(pid):
-    """Gone, or a zombie: its files are closed."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def seconds(timestamp):
@@ -75,7 +67,7 @@ def test_a_start_that_fails_gives_an_exit_and_delete_works(clean, api):
     os.kill(pid, signal.SIGKILL)  # the instance dies between Create and Start
     # Its exit takes a moment (its address space goes first, its pipes last).
     deadline = time.monotonic() + 10
-    while not dead(pid):
+    while not is_gone(pid):
         assert time.monotonic() < deadline, "the instance did not die"
         time.sleep(0.01)
     with pytest.raises(grpc.RpcError):
