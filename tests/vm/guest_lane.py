@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 
+import grpc
 import yaml
 
 from kubelet import Kubelet, read_cri_log, v1
@@ -261,6 +262,14 @@ def the_same_resources_as_runc(k, driver):
     return f"both {shown['sleep']}"
 
 
+def cri_answers(k, container):
+    try:
+        k.container_status(container)
+        return True
+    except grpc.RpcError:
+        return False
+
+
 def containerd_killed_then_an_oom(k, driver):
     """containerd SIGKILLed under a hybrid pod and started again by systemd:
     the pod runs on, and an OOM kill in it (memory.events on v2) reaches CRI
@@ -278,6 +287,8 @@ def containerd_killed_then_an_oom(k, driver):
         before = containerd_pid()
         run("systemctl", "kill", "--signal=SIGKILL", "--kill-whom=main", "containerd")
         wait_for(lambda: containerd_pid() not in (0, before) and serving(), "containerd back after SIGKILL")
+        # ctr answers before the CRI plugin has loaded its pods again.
+        wait_for(lambda: cri_answers(k, ids["app"]), "CRI serving after the restart")
         for name, container in ids.items():
             assert k.container_status(container).state == v1.CONTAINER_RUNNING, name
         hog = k.create_container(hybrid, sandbox, "hog")
