@@ -7,6 +7,7 @@
 //! compiler gets nothing, and compiling may use every core (wasmtime's
 //! parallel compilation) without a thread that holds a privilege.
 
+mod features;
 mod seccomp;
 
 use std::io::{Read, Write};
@@ -58,7 +59,12 @@ fn compile(args: &[String]) -> Result<(), Failure> {
         Kind::Module => engine.precompile_module(&wasm),
         Kind::Component => engine.precompile_component(&wasm),
     };
-    let compiled = compiled.map_err(|err| Failure::Invalid(format!("{err:#}")))?;
+    let compiled = compiled.map_err(|err| match features::needed_feature(&wasm) {
+        Some(feature) => {
+            Failure::Invalid(format!("it needs the WebAssembly feature '{feature}', which wasmlet does not run ({err:#})"))
+        }
+        None => Failure::Invalid(format!("{err:#}")),
+    })?;
     std::io::stdout().lock().write_all(&compiled).context("write the compiled code").map_err(Failure::Broken)
 }
 

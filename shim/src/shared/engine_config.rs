@@ -3,7 +3,17 @@
 //! kind, the compiler's and the instance's, is made here.
 
 use anyhow::Result;
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, WasmFeatures};
+
+/// The WebAssembly wasmlet runs: the 3.0 standard as wasmtime implements
+/// it (2.0, then exceptions, tail calls, GC and typed function references,
+/// multi-memory, memory64, relaxed SIMD, extended constant expressions),
+/// and the component model. Not threads: a pod's wasm is one thread, and
+/// wasmtime is built without shared memories.
+pub const OFFERED: WasmFeatures = WasmFeatures::WASM3
+    .difference(WasmFeatures::THREADS)
+    .union(WasmFeatures::GC_TYPES)
+    .union(WasmFeatures::COMPONENT_MODEL);
 
 /// What a wasm binary holds, which decides how it is compiled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,6 +52,9 @@ pub fn new_engine(kind: Kind) -> Result<Engine> {
 /// The settings compiled code depends on, for every engine of one kind.
 pub fn engine_config(kind: Kind) -> Config {
     let mut config = Config::new();
+    // Said outright, not left to wasmtime's defaults: a feature set that
+    // changes shows in the compatibility hash, so in the cache key.
+    config.wasm_features(WasmFeatures::all().difference(OFFERED), false).wasm_features(OFFERED, true);
     if kind == Kind::Component {
         // Checks in the code let an HTTP server cut a runaway request (only
         // components serve HTTP). Only the server advances the epoch: a
@@ -69,5 +82,12 @@ mod tests {
         assert_eq!(Kind::of(b"\0asm\x0d\0\x01\0rest"), Kind::Component);
         assert_eq!(Kind::of(b"\0asm\x01\0\0\0rest"), Kind::Module);
         assert_eq!(Kind::of(b"\0asm"), Kind::Module);
+    }
+
+    #[test]
+    fn engines_of_both_kinds_take_the_offered_features() {
+        for kind in [Kind::Module, Kind::Component] {
+            new_engine(kind).unwrap_or_else(|err| panic!("{kind:?}: {err:#}"));
+        }
     }
 }

@@ -328,4 +328,14 @@ mod tests {
         assert_ne!(a, b.shown);
         assert_eq!(outcome, Outcome::Miss);
     }
+
+    #[test]
+    fn another_feature_set_uses_other_entries() {
+        use crate::shared::engine_config::{engine_config, Kind};
+        let ours = Engine::new(&engine_config(Kind::Module)).unwrap();
+        let mut config = engine_config(Kind::Module);
+        config.wasm_exceptions(false);
+        let without_exceptions = Engine::new(&config).unwrap();
+        assert_ne!(engine_hash(&ours), engine_hash(&without_exceptions));
+    }
 }

@@ -215,4 +215,42 @@ mod tests {
         assert_eq!(run_wat(wat, "_start", Some(64 * 1024)).unwrap(), OUT_OF_MEMORY_EXIT_CODE);
         assert_eq!(run_wat(wat, "_start", None).unwrap(), 0);
     }
+
+    #[test]
+    fn webassembly_3_features_run() {
+        // Exits with the number of features that gave a wrong answer.
+        let wat = r#"(module
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory $small (export "memory") 1)
+            (memory $wide i64 1)
+            (global $answer i32 (i32.add (i32.const 40) (i32.const 2)))
+            (type $pair (struct (field i32) (field i32)))
+            (type $unary (func (param i32) (result i32)))
+            (tag $oops (param i32))
+            (func $count_down (param $n i32) (result i32)
+                (if (result i32) (i32.eqz (local.get $n))
+                    (then (i32.const 0))
+                    (else (return_call $count_down (i32.sub (local.get $n) (i32.const 1))))))
+            (func $double (type $unary) (i32.mul (local.get 0) (i32.const 2)))
+            (elem declare func $double)
+            (func $caught (result i32)
+                (block $handler (result i32)
+                    (try_table (catch $oops $handler) (throw $oops (i32.const 7)))
+                    (i32.const -1)))
+            (func (export "_start")
+                (i32.store $wide (i64.const 8) (i32.const 5))
+                (call $exit
+                    (i32.add (i32.add (i32.add
+                        (i32.ne (call $count_down (i32.const 1000000)) (i32.const 0))
+                        (i32.ne (call $caught) (i32.const 7)))
+                        (i32.add
+                            (i32.ne (struct.get $pair 1 (struct.new $pair (i32.const 3) (i32.const 4))) (i32.const 4))
+                            (i32.ne (call_ref $unary (i32.const 21) (ref.func $double)) (i32.const 42))))
+                        (i32.add (i32.add
+                            (i32.ne (i32.add (i32.load $wide (i64.const 8)) (i32.load $small (i32.const 8))) (i32.const 5))
+                            (i32.ne (global.get $answer) (i32.const 42)))
+                            (i32.ne (i32x4.extract_lane 0 (i32x4.relaxed_trunc_f32x4_s (f32x4.splat (f32.const 2.5))))
+                                (i32.const 2)))))))"#;
+        assert_eq!(run_wat(wat, "_start", None).unwrap(), 0);
+    }
 }
