@@ -113,9 +113,11 @@ pub fn wasi_context(guest: &Guest) -> Result<WasiCtxBuilder> {
         .preopened_dir("/", "/", FsPerms::ReadWrite)
         .map_err(anyhow::Error::from)
         .context("preopen / for the guest")?;
+    // A component reads it as wasi:cli/environment.initial-cwd, and its
+    // libc resolves relative paths against it. Preview 1 has no such call:
+    // a core module's libc starts at `/`, and PWD tells guests that look.
+    builder.initial_cwd(guest.cwd);
     if guest.cwd != "/" && !guest.env.iter().any(|kv| kv.starts_with("PWD=")) {
-        // WASI has no working directory: the spec's is passed as PWD for
-        // guests that look; wasi-libc itself starts at `/`.
         builder.env("PWD", guest.cwd);
     }
     Ok(builder)
@@ -170,5 +172,16 @@ mod tests {
     fn env_entries_split_on_first_equals() {
         let env = vec!["A=1".to_string(), "B=x=y".to_string(), "C".to_string()];
         assert_eq!(split_env(&env), vec![("A", "1"), ("B", "x=y"), ("C", "")]);
+    }
+
+    #[test]
+    fn a_component_is_told_the_working_directory() {
+        use wasmtime_wasi::p2::bindings::cli::environment::Host;
+        let guest = Guest { args: &[], env: &[], cwd: "/srv/app", memory_limit: None };
+        let mut ctx = wasi_context(&guest).unwrap().build();
+        let mut table = wasmtime_wasi::ResourceTable::new();
+        let mut cli = wasmtime_wasi::cli::WasiCliCtxView { ctx: ctx.cli(), table: &mut table };
+        assert_eq!(cli.initial_cwd().unwrap().as_deref(), Some("/srv/app"));
+        assert!(cli.get_environment().unwrap().contains(&("PWD".to_string(), "/srv/app".to_string())));
     }
 }
