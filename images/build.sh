@@ -36,8 +36,8 @@ COMRAK_NATIVE="$COMRAK_ROOT/x86_64-unknown-linux-gnu/bin/comrak"
 
 WASM_WORKLOADS=(hello exit-code trap sleep files memory-hog probe)
 # Core modules written as text (images/wat), for what Rust does not emit:
-# start functions. Assembled with wabt's wat2wasm.
-WAT_MODULES=(start-reader start-loop)
+# start functions, a shared memory. Assembled with wabt's wat2wasm.
+WAT_MODULES=(start-reader start-loop shared-memory)
 # WASI 0.2 components (wasm32-wasip2): commands, and wasi:http handlers
 # (libraries, so cargo names their file with underscores).
 COMPONENT_WORKLOADS=(tcp-hello)
@@ -125,7 +125,7 @@ pack_wasm_images() {
     done
     mkdir -p "$SCRATCH"
     for name in "${WAT_MODULES[@]}"; do
-        wat2wasm -o "$SCRATCH/$name.wasm" "$HERE/wat/$name.wat"
+        wat2wasm --enable-threads -o "$SCRATCH/$name.wasm" "$HERE/wat/$name.wat"
         pack --name "wasmlet.test/$name:latest" --out "$IMAGES/$name.tar" \
             --file "/$name.wasm=$SCRATCH/$name.wasm" --entrypoint "/$name.wasm"
     done
@@ -211,6 +211,7 @@ main() {
     pack_native_images
     pack_bad_images
     pack_registry_images
+    bash "$HERE/third_party.sh"
     log "images written to $IMAGES and $REGISTRY_IMAGES:"
     ls -1 "$IMAGES" "$REGISTRY_IMAGES" >&2
 }

@@ -4,8 +4,7 @@ POST an order, get its invoice), served three ways in one run:
   wasmlet         the json-api component in a wasm pod;
   wasmtime serve  the same .wasm under `wasmtime serve`, the engine's own
                   server, as shipped (wasmtime-cli of the shim's wasmtime
-                  version, installed from crates.io into out/tools), on the
-                  host's loopback;
+                  version, tests/wasmtime_cli.py), on the host's loopback;
   native          json-api-native, the same handler in a hyper server, in a
                   runc pod.
 
@@ -22,10 +21,10 @@ import subprocess
 import tempfile
 import time
 
+from wasmtime_cli import ensure_wasmtime, shim_wasmtime_version
+
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(TESTS_DIR)
-TOOLS_DIR = os.path.join(REPO_ROOT, "out", "tools")
-WASMTIME = os.path.join(TOOLS_DIR, "bin", "wasmtime")
 JSON_API_WASM = os.path.join(REPO_ROOT, "images", "workloads", "target", "wasm32-wasip2", "serving", "json_api.wasm")
 MANIFESTS = os.path.join(TESTS_DIR, "cri", "manifests")
 
@@ -43,26 +42,6 @@ ITEMS = 20  # lines in the benchmark's order
 SERVE_THROUGHPUT_GOAL = 3.0
 NATIVE_THROUGHPUT_GOAL = 0.3
 NATIVE_P99_GOAL = 2.0
-
-
-def shim_wasmtime_version():
-    """The wasmtime version the shim pins in shim/Cargo.toml."""
-    with open(os.path.join(REPO_ROOT, "shim", "Cargo.toml")) as f:
-        return re.search(r'^wasmtime = \{ version = "=([0-9.]+)"', f.read(), re.M).group(1)
-
-
-def ensure_wasmtime(log):
-    """wasmtime-cli of the shim's wasmtime version, from crates.io (a long
-    build the first time, then kept in out/tools)."""
-    version = shim_wasmtime_version()
-    if os.path.exists(WASMTIME):
-        shown = subprocess.run([WASMTIME, "--version"], capture_output=True, text=True).stdout
-        if shown.split()[1:2] == [version]:
-            return version
-    log(f"installing wasmtime-cli {version} from crates.io into {TOOLS_DIR} (about 15 minutes)")
-    subprocess.run(["cargo", "install", "--quiet", "--locked", "--force", "--root", TOOLS_DIR,
-                    "--target-dir", os.path.join(TOOLS_DIR, "target"), f"wasmtime-cli@{version}"], check=True)
-    return version
 
 
 def order_body():
@@ -139,7 +118,8 @@ def start_pod(kubelet, native):
 
 def bench_http(kubelet, log):
     """(f): {server: {"rps", "p50_ms", "p99_ms", "rounds"}} plus the setup."""
-    version = ensure_wasmtime(log)
+    wasmtime = ensure_wasmtime(log)
+    version = shim_wasmtime_version()
     sandboxes = []
     serve = None
     with tempfile.TemporaryDirectory(prefix="wasmlet-bench-http-") as scratch:
@@ -150,7 +130,7 @@ def bench_http(kubelet, log):
             native_sandbox, native_pid = start_pod(kubelet, native=True)
             sandboxes.append(native_sandbox)
             # -Scli: the component uses wasi:cli (environment, stdio), as Rust std does.
-            serve = subprocess.Popen([WASMTIME, "serve", "-Scli", "--addr", f"127.0.0.1:{SERVE_PORT}", JSON_API_WASM],
+            serve = subprocess.Popen([wasmtime, "serve", "-Scli", "--addr", f"127.0.0.1:{SERVE_PORT}", JSON_API_WASM],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             wait_listening(SERVE_PORT)
             targets = {"wasmlet": (wasm_pid, PORT), "wasmtime serve": (None, SERVE_PORT), "native": (native_pid, PORT)}

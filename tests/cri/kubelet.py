@@ -47,11 +47,11 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 class Kubelet:
     """CRI RuntimeService and ImageService of one containerd, used like kubelet."""
 
-    def __init__(self, socket, root_dir, cgroup_root, timeout=60, cgroup_driver="cgroupfs"):
+    def __init__(self, socket, root_dir, cgroup_root, timeout=120, cgroup_driver="cgroupfs"):
         self.channel = grpc.insecure_channel(f"unix://{socket}")
         self.runtime = v1_grpc.RuntimeServiceStub(self.channel)
         self.images = v1_grpc.ImageServiceStub(self.channel)
-        self.timeout = timeout  # per call (kubelet allows 2 minutes)
+        self.timeout = timeout  # per call: kubelet's --runtime-request-timeout default
         # kubelet's /var/lib/kubelet/pods and /var/log/pods.
         self.pods_dir = os.path.join(root_dir, "pods")
         self.logs_dir = os.path.join(root_dir, "logs")

@@ -135,6 +135,8 @@ def test_metrics_of_a_running_task(clean):
     ("truncated", "wasmlet.test/bad-truncated:latest", [], "invalid wasm module /app.wasm"),
     ("export", HELLO, ["/hello.wasm#nothere"], "export `nothere` not found in /hello.wasm"),
     ("import", "wasmlet.test/bad-import:latest", [], "cannot satisfy the imports of /app.wasm"),
+    ("threads", "wasmlet.test/shared-memory:latest", [],
+     "invalid wasm module /shared-memory.wasm: it needs the WebAssembly feature 'threads', which wasmlet does not run"),
 ])
 def test_bad_input_gets_a_clear_error(clean, name, image, args, message):
     res = clean.run(image, f"bad-{name}", *args)
