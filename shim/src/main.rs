@@ -10,11 +10,15 @@ mod instance;
 mod shared;
 
 fn main() {
-    shared::allocator::limit_arenas();
     let args: Vec<String> = std::env::args().collect();
+    // The compiler keeps glibc's arena per thread: it lives for one
+    // compile, whose threads all allocate at once.
+    if args.get(1).map(String::as_str) == Some(shared::compile_protocol::COMPILE_COMMAND) {
+        compiler::main(&args[2..]);
+    }
+    shared::allocator::limit_arenas();
     match args.get(1).map(String::as_str) {
         Some(shared::launch_plan::INSTANCE_COMMAND) => instance::main(),
-        Some(shared::compile_protocol::COMPILE_COMMAND) => compiler::main(&args[2..]),
         Some("--version") | Some("-v") => daemon::print_version(),
         _ => daemon::run(&args),
     }
