@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Third-party WASI programs, taken from the package registries as their
-# users get them, packed as images for tests/e2e/test_third_party.py and
+# users get them, packed as images for tests/e2e/test_real_programs.py and
 # the bench:
 #   yosys      YoWASP's wheel on PyPI: a core module that needs exception
 #              handling (C++ exceptions as wasm exceptions), 69 MB, with its
@@ -35,7 +35,7 @@ fetch_wheel() {
     [[ -f "$dir/.complete" ]] && return
     log "fetching $name $version from PyPI"
     rm -rf "$dir" && mkdir -p "$dir/wheel"
-    pip download --quiet --no-deps --dest "$dir/wheel" \
+    python3 -m pip download --quiet --no-deps --dest "$dir/wheel" \
         -r <(echo "$name==$version --hash=sha256:$sha256")
     python3 -m zipfile -e "$dir"/wheel/*.whl "$dir/unpacked"
     touch "$dir/.complete"
@@ -44,11 +44,10 @@ fetch_wheel() {
 # `cargo install --locked` of a crate for a wasm target into $CACHE/<crate>-<version>.
 install_crate() {
     local crate=$1 version=$2 target=$3 binary=$4
-    shift 4
     local root="$CACHE/$crate-$version-$target"
     [[ -f "$root/bin/$binary.wasm" ]] && return
     log "building $crate $version for $target"
-    RUSTFLAGS= cargo install --quiet --locked --force "$crate@$version" "$@" \
+    RUSTFLAGS= cargo install --quiet --locked --force "$crate@$version" \
         --target "$target" --root "$root" --target-dir "$CACHE/target"
 }
 

@@ -533,10 +533,12 @@ def bench_large(ctd, kubelet, runs):
     return {"first": {side: stats(s) for side, s in first.items()}, "cached": cached, "idle": idle}
 
 
-def bench_pods(count, http):
-    """(c), (d), (e), if http (f), and (g) on a containerd of their own
-    serving CRI with both runtimes; returns (latency, idle, large, http,
-    leftovers, programs)."""
+def bench_pods(count, http, programs):
+    """(c), (d), (e), if http (f), and if programs (g) on a containerd of
+    their own serving CRI with both runtimes; returns (latency, idle, large,
+    http, leftovers, programs)."""
+    import subprocess
+    import grpc
     from kubelet import Kubelet
     ctd = Containerd(cri=True)
     kubelet = None
@@ -549,7 +551,12 @@ def bench_pods(count, http):
         idle = {side: bench_idle_pods_side(ctd, kubelet, side, count) for side in SIDES}
         large = bench_large(ctd, kubelet, count)
         http_results = bench_http(kubelet, log) if http else None
-        programs = bench_programs(ctd, kubelet, log)
+        program_results = None
+        if programs:
+            try:
+                program_results = bench_programs(ctd, kubelet, log)
+            except (grpc.RpcError, subprocess.CalledProcessError, RuntimeError) as e:
+                raise cri_failure(ctd, "the real-program bench", e) from None
         left = ctd.leftovers()
     finally:
         if kubelet is not None:
@@ -560,7 +567,7 @@ def bench_pods(count, http):
                 log(f"removing pods failed: {e}")
             kubelet.close()
         ctd.stop()
-    return latency, idle, large, http_results, left, programs
+    return latency, idle, large, http_results, left, program_results
 
 
 # ---- report -------------------------------------------------------------------
@@ -661,6 +668,8 @@ def main():
                         help="measured pod starts and idle pods per side (default 20)")
     parser.add_argument("--no-http", action="store_true",
                         help="skip the HTTP measurements (f)")
+    parser.add_argument("--no-programs", action="store_true",
+                        help="skip the real-program measurements (g)")
     parser.add_argument("--no-pods", action="store_true",
                         help="skip the pod measurements (and their CRI containerd)")
     opts = parser.parse_args()
@@ -692,7 +701,7 @@ def main():
     pods = None
     if not opts.no_pods:
         try:
-            pods = bench_pods(opts.pods, http=not opts.no_http)
+            pods = bench_pods(opts.pods, http=not opts.no_http, programs=not opts.no_programs)
         except BenchError as e:
             sys.exit(f"bench: aborted: {e}")
         left += [f"CRI containerd: {item}" for item in pods[4]]
@@ -730,7 +739,7 @@ def main():
     print_table(rows)
     if http is not None:
         print_http_table(http)
-    if pods is not None:
+    if pods is not None and pods[5] is not None:
         print_programs_table(pods[5])
     for _, what, value, goal, met in own_goals:
         print(f"{what}: {value:.2f} (goal {goal:.2f}: {'met' if met else 'NOT met'})")

@@ -1,5 +1,5 @@
 """(g) The largest real program, Yosys (69 MB of wasm from PyPI,
-images/third_party.sh), synthesising the e2e test's counter, four ways:
+images/third_party.sh), synthesising a 4-bit counter, four ways:
 
   wasmlet first       a pod, its compiled code removed from the node cache
                       before each run, so the start compiles;

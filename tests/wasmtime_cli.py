@@ -1,10 +1,11 @@
 """`wasmtime`, the CLI of the shim's own wasmtime version: the reference the
-third-party programs' output is compared with (tests/e2e/test_third_party.py)
+third-party programs' output is compared with (tests/e2e/test_real_programs.py)
 and the bench's `wasmtime run` and `wasmtime serve`. Built from crates.io
 the first time (about 10 minutes on 2 cores) with the subcommands and
 WebAssembly features those need, then kept in /var/cache/wasmlet/tools.
 """
 
+import hashlib
 import os
 import re
 import subprocess
@@ -28,7 +29,9 @@ def shim_wasmtime_version():
 def ensure_wasmtime(log=print):
     """The path of the `wasmtime` binary, installed when missing."""
     version = shim_wasmtime_version()
-    root = os.path.join(TOOLS_DIR, f"wasmtime-cli-{version}")
+    # Another feature list is another build (and other precompiled code).
+    features = hashlib.sha256(FEATURES.encode()).hexdigest()[:12]
+    root = os.path.join(TOOLS_DIR, f"wasmtime-cli-{version}-{features}")
     binary = os.path.join(root, "bin", "wasmtime")
     if os.path.exists(binary):
         return binary
@@ -43,7 +46,6 @@ def precompiled(wasmtime, wasm):
     """`wasm` compiled by `wasmtime compile`, kept beside the CLI under the
     wasm's sha256, for `wasmtime run --allow-precompiled`: a large program
     then compiles once per machine, not once per test run."""
-    import hashlib
     with open(wasm, "rb") as f:
         key = hashlib.sha256(f.read()).hexdigest()
     path = os.path.join(os.path.dirname(os.path.dirname(wasmtime)), "precompiled", f"{key}.cwasm")

@@ -90,6 +90,10 @@ def test_yosys_needs_exceptions_and_synthesises_like_wasmtime(cri, wasmtime, tmp
     # A real netlist: the counter's 4 flip-flops among yosys's gate cells.
     cells = json.loads(written["counter.json"])["modules"]["counter"]["cells"].values()
     assert sum("DFF" in cell["type"] for cell in cells) == 4, [cell["type"] for cell in cells]
+    # And it does need exception handling: wasmtime without it refuses it.
+    refused = subprocess.run([wasmtime, "run", "-W", "exceptions=n", os.path.join(PROGRAMS, "yosys.wasm"), "-V"],
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "exception handling" in refused.stderr, refused.stderr
     assert cri.ctd.leftovers() == []
 
 
