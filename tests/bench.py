@@ -33,8 +33,6 @@ Needs root, the shim built and out/images filled: `make bench` does both.
 
 import argparse
 import datetime
-import glob
-import hashlib
 import json
 import math
 import os
@@ -52,7 +50,7 @@ sys.path.insert(0, os.path.join(TESTS_DIR, "cri"))
 from harness import (CONTAINERD_VERSION, REPO_ROOT, RUNC_RUNTIME, SHIM_NAME,  # noqa: E402
                      WASM_RUNTIME, Containerd)
 from bench_http import bench_http, http_goals, print_http_table  # noqa: E402
-from bench_programs import bench_programs, print_programs_table  # noqa: E402
+from bench_programs import bench_programs, forget_compiled, print_programs_table  # noqa: E402
 
 IMAGES_DIR = os.path.join(REPO_ROOT, "out", "images")
 OUT_DIR = os.path.join(REPO_ROOT, "out", "bench")
@@ -481,19 +479,6 @@ def bench_idle_pods_side(ctd, kubelet, side, count, programs=SLEEP, what="idle",
 
 # ---- (e) the large module ------------------------------------------------------
 
-def cache_key(wasm_path):
-    """The node cache's key of a module in an image's rootfs: its sha256."""
-    with open(wasm_path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def forget_compiled(ctd, key):
-    """Removes the node cache's compiled code under key, so that the
-    module's next start compiles."""
-    for path in glob.glob(os.path.join(ctd.cache_dir, "*", f"{key}.*")):
-        os.remove(path)
-
-
 def large_docs(ctd):
     """A host directory with the document the timed comrak pods render."""
     docs = os.path.join(ctd.dir, "large-docs")
@@ -512,12 +497,11 @@ def bench_large(ctd, kubelet, runs):
         return timed_pod(ctd, kubelet, side, name, LARGE, LARGE_FIRST_LINE, args=LARGE_ARGS, docs=docs)
 
     log(f"large module first start: {FIRST_STARTS} runs per side, wasm compiling each time")
-    key = cache_key(LARGE_WASM)
     first = {side: [] for side in SIDES}
     for i in range(FIRST_STARTS):
         for side in SIDES:
             if side == "wasmlet":
-                forget_compiled(ctd, key)
+                forget_compiled(ctd, LARGE_WASM)
             first[side].append(large_pod(side, f"first-{side}-{i}"))
 
     # The hello pod runs in the same rounds: the goal is on the difference.

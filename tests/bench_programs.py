@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 
+from pods import Pod
 from wasmtime_cli import ensure_wasmtime
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -51,7 +52,6 @@ def forget_compiled(ctd, wasm):
 
 def timed_pod(kubelet, source, name):
     """ms from RunPodSandbox to the exit of a yosys pod reading `source`."""
-    from pods import Pod
     pod = Pod.load(MANIFEST)
     pod.name = name
     pod.volumes["in"]["hostPath"]["path"] = source
@@ -90,7 +90,6 @@ def bench_programs(ctd, kubelet, log):
             dirs[guest] = os.path.join(scratch, guest.strip("/"))
             os.makedirs(dirs[guest])
         preopens = [f"--dir={host}::{guest}" for guest, host in dirs.items()]
-        from pods import Pod
         args = Pod.load(MANIFEST).containers["yosys"]["args"]
         precompiled = os.path.join(scratch, "yosys.cwasm")
         subprocess.run([wasmtime, "compile", "-o", precompiled, YOSYS_WASM], check=True)
