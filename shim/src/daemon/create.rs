@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 use tracing::{info, warn};
 
+use super::console::{Console, ConsoleSocket};
 use super::content_store::ContentStore;
 use super::entrypoint::{self, EntryError, Entrypoint, Found};
 use super::exits::Exits;
@@ -48,9 +49,6 @@ struct Container<'a> {
 impl Creator {
     /// Makes the task of `req`, not yet registered anywhere.
     pub fn create(&self, req: &CreateTaskRequest) -> Result<Task> {
-        if req.terminal {
-            bail!("a terminal (tty) is not supported for wasm tasks");
-        }
         let bundle = Path::new(&req.bundle);
         let spec = Spec::load(bundle.join("config.json")).context("read the OCI spec")?;
         let rootfs = planning::rootfs_dir(&spec, bundle);
@@ -87,6 +85,9 @@ impl Creator {
             Err(err @ (EntryError::NotFound(_) | EntryError::NoArgs)) => self.artifact_layer(&c.req.id, entry, &cache)?.ok_or(err)?,
             Err(err) => return Err(err.into()),
         };
+        if c.req.terminal {
+            bail!("a terminal (tty) is not supported for wasm containers");
+        }
         let plan = planning::launch_plan(c.spec, c.rootfs, program, entry.unwrap_or_default(), cache)?;
         let id = &c.req.id;
         let cgroup = plan.cgroup.as_ref().map(|group| group.path.clone());
@@ -134,12 +135,21 @@ impl Creator {
         let runc = Arc::new(Runc::new(options, &self.namespace, self.exits.clone()));
         let id = &c.req.id;
         TaskRecord { runc: Some(runc.record()), ..c.record.clone() }.write(c.bundle)?;
-        let pid = runc.create(id, c.bundle, &c.io).inspect_err(|_| {
-            // runc may have kept state for the half-made container.
+        let socket = c.req.terminal.then(ConsoleSocket::new).transpose()?;
+        let created = runc.create(id, c.bundle, &c.io, socket.as_ref().map(|s| s.path()).as_deref()).and_then(|pid| {
+            let console = socket.map(|socket| Console::attach(socket.receive()?, &c.io)).transpose()?;
+            Ok((pid, console))
+        });
+        // runc may have kept state for the half-made container.
+        let (pid, console) = created.inspect_err(|_| {
             let _ = runc.delete(id, c.bundle);
         })?;
         // runc owns this cgroup (and its scope); the path is kept for Stats.
         let cgroup = TaskCgroup { path: planning::cgroup_of(c.spec).ok().flatten().map(|c| c.path), scope: None };
-        Ok(Task::native(id.clone(), c.bundle.to_path_buf(), c.rootfs.to_path_buf(), c.io.clone(), cgroup, pid, runc))
+        let task = Task::native(id.clone(), c.bundle.to_path_buf(), c.rootfs.to_path_buf(), c.io.clone(), cgroup, pid, runc);
+        if let Some(console) = console {
+            task.init.set_console(console);
+        }
+        Ok(task)
     }
 }

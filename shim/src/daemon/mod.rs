@@ -4,6 +4,7 @@
 //! container's launch plan at Create and starts its instance, and reports
 //! every exit to containerd. It never runs guest code.
 
+mod console;
 mod content_store;
 mod create;
 mod entrypoint;
@@ -12,6 +13,7 @@ mod exec;
 mod exits;
 mod launch;
 mod lifecycle;
+mod oom_watch;
 mod planning;
 mod process;
 mod rootfs;

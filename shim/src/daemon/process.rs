@@ -2,12 +2,13 @@
 //! runc's container init) or an exec. One type for both, so that Start,
 //! State, Wait and the exit behave alike whichever it is.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use containerd_shim::api::Status;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 
+use super::console::Console;
 use super::stdio::IoPaths;
 
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct Process {
     pub io: IoPaths,
     state: Mutex<Lifecycle>,
     exited: Condvar,
+    /// Its terminal, for a native process that has one.
+    console: OnceLock<Console>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +58,7 @@ impl Process {
     /// A created process (`name` says what it is); `pid` is 0 when it has none yet.
     pub fn new(id: &str, name: String, io: IoPaths, pid: u32) -> Self {
         let state = Mutex::new(Lifecycle { pid, phase: Phase::Created });
-        Process { id: id.to_string(), name, io, state, exited: Condvar::new() }
+        Process { id: id.to_string(), name, io, state, exited: Condvar::new(), console: OnceLock::new() }
     }
 
     /// Moves Created -> Running with `start`, which lets the process go and
@@ -78,6 +81,14 @@ impl Process {
     /// Returns once a Start in progress (which holds the state) is over.
     pub fn wait_for_start(&self) {
         drop(self.state.lock().unwrap());
+    }
+
+    pub fn set_console(&self, console: Console) {
+        let _ = self.console.set(console);
+    }
+
+    pub fn console(&self) -> Option<&Console> {
+        self.console.get()
     }
 
     pub fn pid(&self) -> u32 {

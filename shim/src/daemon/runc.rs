@@ -67,39 +67,27 @@ impl Runc {
         }
     }
 
-    /// `runc create`: the container's init waits for `start`; returns its pid.
-    pub fn create(&self, id: &str, bundle: &Path, io: &IoPaths) -> Result<u32> {
+    /// `runc create`: the container's init waits for `start`; returns its
+    /// pid. With a console socket, runc makes a terminal and sends its
+    /// master there; otherwise the init gets containerd's FIFOs.
+    pub fn create(&self, id: &str, bundle: &Path, io: &IoPaths, console: Option<&Path>) -> Result<u32> {
         let pid_file = bundle.join("init.pid");
         let mut command = self.command(bundle);
-        command
-            .arg("create")
-            .arg("--bundle")
-            .arg(bundle)
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(id)
-            .stdin(io.stdin()?)
-            .stdout(io.stdout()?)
-            .stderr(io.stderr()?);
+        command.arg("create").arg("--bundle").arg(bundle).arg("--pid-file").arg(&pid_file);
+        with_stdio(&mut command, io, console)?;
+        command.arg(id);
         self.run(command, bundle, "create")?;
         read_pid(&pid_file)
     }
 
     /// `runc exec --detach`: runs `process_file` (an OCI process) in the
-    /// container; returns the new process's pid, a child of this shim.
-    pub fn exec(&self, id: &str, bundle: &Path, process_file: &Path, pid_file: &Path, io: &IoPaths) -> Result<u32> {
+    /// container, on a terminal when a console socket is given; returns the
+    /// new process's pid, a child of this shim.
+    pub fn exec(&self, id: &str, bundle: &Path, process_file: &Path, pid_file: &Path, io: &IoPaths, console: Option<&Path>) -> Result<u32> {
         let mut command = self.command(bundle);
-        command
-            .arg("exec")
-            .arg("--detach")
-            .arg("--process")
-            .arg(process_file)
-            .arg("--pid-file")
-            .arg(pid_file)
-            .arg(id)
-            .stdin(io.stdin()?)
-            .stdout(io.stdout()?)
-            .stderr(io.stderr()?);
+        command.arg("exec").arg("--detach").arg("--process").arg(process_file).arg("--pid-file").arg(pid_file);
+        with_stdio(&mut command, io, console)?;
+        command.arg(id);
         self.run(command, bundle, "exec")?;
         read_pid(pid_file)
     }
@@ -118,6 +106,18 @@ impl Runc {
         }
         command.arg(id).arg(signal.to_string());
         self.run(command, bundle, "kill")
+    }
+
+    /// `runc update`: new cgroup limits for the container; `resources` is
+    /// the OCI LinuxResources JSON containerd sent.
+    pub fn update(&self, id: &str, bundle: &Path, resources: &[u8]) -> Result<()> {
+        let file = bundle.join("update-resources.json");
+        std::fs::write(&file, resources).with_context(|| format!("write {}", file.display()))?;
+        let mut command = self.command(bundle);
+        command.arg("update").arg("--resources").arg(&file).arg(id);
+        let updated = self.run(command, bundle, "update");
+        let _ = std::fs::remove_file(&file);
+        updated
     }
 
     /// Kills the container if it still runs and removes its state and cgroup.
@@ -156,6 +156,16 @@ impl Runc {
         }
         Ok(())
     }
+}
+
+/// A terminal's console socket for runc, or containerd's FIFOs as its stdio
+/// (which the container's process inherits).
+fn with_stdio(command: &mut Command, io: &IoPaths, console: Option<&Path>) -> Result<()> {
+    match console {
+        Some(socket) => command.arg("--console-socket").arg(socket),
+        None => command.stdin(io.stdin()?).stdout(io.stdout()?).stderr(io.stderr()?),
+    };
+    Ok(())
 }
 
 /// Whether a failed runc command failed because the container's process

@@ -3,6 +3,7 @@
 //! for a task (it is recorded, then containerd hears of it).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tracing::{info, warn};
 use super::create::Creator;
 use super::events::Publisher;
 use super::exits::{Exits, Window};
+use super::oom_watch::OomWatch;
 use super::process::{Exit, Process};
 use super::task::{Task, TaskError};
 
@@ -25,6 +27,8 @@ pub struct Service {
     pub publisher: Arc<Publisher>,
     creator: Creator,
     exits: Arc<Exits>,
+    /// None if it could not start: OOM kills are then seen only at the exit.
+    oom_watch: Option<OomWatch>,
     table: Mutex<Table>,
     shutdown: Arc<ExitSignal>,
 }
@@ -59,7 +63,10 @@ impl Service {
         let exits = Arc::new(Exits::default());
         exits.watch_reaper().expect("subscribe to process exits");
         let creator = Creator { namespace, containerd_address, exits: exits.clone() };
-        Service { publisher, creator, exits, table: Mutex::default(), shutdown }
+        let oom_watch = OomWatch::start(cgroups_rs::fs::hierarchies::is_cgroup2_unified_mode())
+            .inspect_err(|err| warn!("{err:#}: OOM kills are seen only when a task exits"))
+            .ok();
+        Service { publisher, creator, exits, oom_watch, table: Mutex::default(), shutdown }
     }
 
     /// Marks a request in flight until the guard is dropped.
@@ -85,7 +92,23 @@ impl Service {
         table.by_id.insert(task.id.clone(), task.clone());
         drop(table);
         self.watch(&window, &task, &task.init);
+        self.watch_oom(&task);
         Ok(task)
+    }
+
+    /// Tells containerd of the task's first OOM kill as it happens.
+    fn watch_oom(&self, task: &Arc<Task>) {
+        let (Some(oom_watch), Some(path)) = (&self.oom_watch, &task.cgroup.path) else { return };
+        let (publisher, weak) = (self.publisher.clone(), Arc::downgrade(task));
+        let on_kill = Box::new(move || {
+            if let Some(task) = weak.upgrade() {
+                tell_oom(&publisher, &task);
+            }
+        });
+        match oom_watch.watch(path, on_kill) {
+            Ok(id) => *task.oom_watch.lock().unwrap() = Some(id),
+            Err(err) => warn!(task = %task.id, "{err:#}: its OOM kills are seen only when it exits"),
+        }
     }
 
     /// Lets the task's init run; containerd hears TaskStart before any exit.
@@ -117,14 +140,18 @@ impl Service {
             if Arc::ptr_eq(&process, &task.init) {
                 info!(task = %task.id, pid, code = exit.code, "task exited");
                 if task.ran_out_of_memory() {
-                    info!(task = %task.id, "task ran out of memory");
-                    publisher.publish(TaskOOM { container_id: task.id.clone(), ..Default::default() });
+                    tell_oom(&publisher, &task);
+                }
+                if task.oom_told.load(Ordering::SeqCst) {
                     if !publisher.flush(OOM_DELIVERY) {
                         warn!(task = %task.id, "containerd has not taken /tasks/oom after {OOM_DELIVERY:?}: the exit goes first");
                     }
                 }
             } else {
                 info!(task = %task.id, exec = %process.id, code = exit.code, "exec exited");
+            }
+            if let Some(console) = process.console() {
+                console.drain();
             }
             process.exited(exit.clone());
             publisher.publish(TaskExit {
@@ -140,6 +167,9 @@ impl Service {
 
     /// Cleans up after the task and forgets it.
     pub fn remove(&self, task: &Task) {
+        if let (Some(oom_watch), Some(id)) = (&self.oom_watch, task.oom_watch.lock().unwrap().take()) {
+            oom_watch.unwatch(id);
+        }
         task.clean_up();
         self.table.lock().unwrap().by_id.remove(&task.id);
     }
@@ -153,5 +183,14 @@ impl Service {
         } else if table.by_id.is_empty() {
             table.shutdown_requested = true;
         }
+    }
+}
+
+/// Publishes /tasks/oom for the task, once: its cgroup's watch and its exit
+/// may both see the kill.
+fn tell_oom(publisher: &Publisher, task: &Task) {
+    if !task.oom_told.swap(true, Ordering::SeqCst) {
+        info!(task = %task.id, "task ran out of memory");
+        publisher.publish(TaskOOM { container_id: task.id.clone(), ..Default::default() });
     }
 }

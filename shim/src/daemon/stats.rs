@@ -39,7 +39,7 @@ pub fn metrics(path: &str) -> Result<Any> {
         usage.limit = mem.limit_in_bytes.max(0) as u64;
         usage.max = mem.max_usage_in_bytes;
         usage.failcnt = mem.fail_cnt;
-        m.mut_memory().total_inactive_file = mem.stat.total_inactive_file;
+        v1_memory_stat(m.mut_memory(), &mem.stat);
     }
     if let Some(acct) = cgroup.controller_of::<cgroups_rs::fs::cpuacct::CpuAcctController>() {
         let acct = acct.cpuacct();
@@ -51,6 +51,24 @@ pub fn metrics(path: &str) -> Result<Any> {
     m.mut_pids().current = pids_current;
     m.mut_pids().limit = pids_limit;
     pack("io.containerd.cgroups.v1.Metrics", &m)
+}
+
+/// memory.stat on v1, field by field as containerd's runc shim passes it
+/// (kubelet reads rss and page faults from the totals).
+fn v1_memory_stat(m: &mut v1::MemoryStat, stat: &cgroups_rs::fs::memory::MemoryStat) {
+    (m.cache, m.rss, m.rss_huge, m.mapped_file, m.dirty, m.writeback) =
+        (stat.cache, stat.rss, stat.rss_huge, stat.mapped_file, stat.dirty, stat.writeback);
+    (m.pg_pg_in, m.pg_pg_out, m.pg_fault, m.pg_maj_fault) = (stat.pgpgin, stat.pgpgout, stat.pgfault, stat.pgmajfault);
+    (m.inactive_anon, m.active_anon, m.inactive_file, m.active_file, m.unevictable) =
+        (stat.inactive_anon, stat.active_anon, stat.inactive_file, stat.active_file, stat.unevictable);
+    (m.hierarchical_memory_limit, m.hierarchical_swap_limit) =
+        (stat.hierarchical_memory_limit.max(0) as u64, stat.hierarchical_memsw_limit.max(0) as u64);
+    (m.total_cache, m.total_rss, m.total_rss_huge, m.total_mapped_file, m.total_dirty, m.total_writeback) =
+        (stat.total_cache, stat.total_rss, stat.total_rss_huge, stat.total_mapped_file, stat.total_dirty, stat.total_writeback);
+    (m.total_pg_pg_in, m.total_pg_pg_out, m.total_pg_fault, m.total_pg_maj_fault) =
+        (stat.total_pgpgin, stat.total_pgpgout, stat.total_pgfault, stat.total_pgmajfault);
+    (m.total_inactive_anon, m.total_active_anon, m.total_inactive_file, m.total_active_file, m.total_unevictable) =
+        (stat.total_inactive_anon, stat.total_active_anon, stat.total_inactive_file, stat.total_active_file, stat.total_unevictable);
 }
 
 /// cgroup v2's counters, read from the cgroup's files as kubelet's cadvisor

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tracing::warn;
 
 use super::exec::Exec;
 use super::launch::{Launched, StartPipe};
+use super::oom_watch::WatchId;
 use super::process::{Exit, Process, StartError};
 use super::rootfs;
 use super::runc::{self, Runc};
@@ -73,6 +75,10 @@ pub struct Task {
     runtime: Runtime,
     /// Exec processes by exec id (native containers only).
     execs: Mutex<HashMap<String, Arc<Exec>>>,
+    /// Whether containerd was told of an OOM kill (/tasks/oom).
+    pub oom_told: AtomicBool,
+    /// The watch on its cgroup's OOM kills, ended on Delete.
+    pub oom_watch: Mutex<Option<WatchId>>,
 }
 
 /// Why a request about a task was refused.
@@ -82,8 +88,8 @@ pub enum TaskError {
     NoSuchTask(String),
     #[error("{0} is not supported for wasm tasks")]
     Unsupported(&'static str),
-    #[error("a terminal (tty) for exec is not supported yet")]
-    ExecTerminal,
+    #[error("in-place update of resources is not supported for wasm containers: a wasm instance sets its memory cap when it starts (recreate the pod to resize it)")]
+    WasmUpdate,
     #[error("exec {0} already exists")]
     ExecExists(String),
     #[error("exec {exec} of task {task} not found")]
@@ -115,7 +121,7 @@ impl Task {
 
     fn new(id: String, bundle: PathBuf, rootfs: PathBuf, io: IoPaths, cgroup: TaskCgroup, pid: u32, runtime: Runtime) -> Self {
         let init = Arc::new(Process::new(&id, format!("task {id}"), io, pid));
-        Task { id, bundle, rootfs, cgroup, init, runtime, execs: Mutex::default() }
+        Task { id, bundle, rootfs, cgroup, init, runtime, execs: Mutex::default(), oom_told: AtomicBool::new(false), oom_watch: Mutex::default() }
     }
 
     pub fn is_wasm(&self) -> bool {
@@ -161,14 +167,11 @@ impl Task {
         if self.is_wasm() {
             return Err(TaskError::Unsupported("exec"));
         }
-        if terminal {
-            return Err(TaskError::ExecTerminal);
-        }
         let mut execs = self.execs.lock().unwrap();
         if execs.contains_key(exec_id) {
             return Err(TaskError::ExecExists(exec_id.to_string()));
         }
-        let exec = Exec::new(&self.bundle, &self.id, exec_id, io, process_json)?;
+        let exec = Exec::new(&self.bundle, &self.id, exec_id, io, terminal, process_json)?;
         execs.insert(exec_id.to_string(), Arc::new(exec));
         Ok(())
     }
@@ -223,6 +226,13 @@ impl Task {
             },
         }
         Ok(())
+    }
+
+    /// New resource limits (in-place resize), through `runc update`. A wasm
+    /// instance sized its memory cap at start and cannot follow.
+    pub fn update(&self, resources_json: &[u8]) -> Result<(), TaskError> {
+        let Runtime::Native(runc) = &self.runtime else { return Err(TaskError::WasmUpdate) };
+        Ok(runc.update(&self.id, &self.bundle, resources_json)?)
     }
 
     /// The task's processes: a native container's whole cgroup (it may

@@ -26,7 +26,7 @@ fn rpc_error(code: Code, msg: impl std::fmt::Display) -> ttrpc::Error {
 impl From<TaskError> for ttrpc::Error {
     fn from(err: TaskError) -> Self {
         let code = match &err {
-            TaskError::Unsupported(_) | TaskError::ExecTerminal => Code::UNIMPLEMENTED,
+            TaskError::Unsupported(_) | TaskError::WasmUpdate => Code::UNIMPLEMENTED,
             TaskError::ExecExists(_) => Code::ALREADY_EXISTS,
             TaskError::NoSuchTask(_) | TaskError::NoSuchExec { .. } | TaskError::Finished(_) | TaskError::NotRunning(_) => Code::NOT_FOUND,
             TaskError::InvalidSignal(_) => Code::INVALID_ARGUMENT,
@@ -164,8 +164,9 @@ impl TaskApi for Service {
         Ok(ConnectResponse { shim_pid: std::process::id(), task_pid: task.init.pid(), ..Default::default() })
     }
 
-    /// The guest reads containerd's stdin FIFO directly, so it sees
-    /// end-of-file as soon as containerd closes its side: nothing to do here.
+    /// A process reads containerd's stdin FIFO directly, or through its
+    /// terminal's copy, so it sees end-of-file as soon as containerd closes
+    /// its side: nothing to do here.
     fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
         self.task(&req.id)?;
         Ok(Empty::new())
@@ -197,11 +198,22 @@ impl TaskApi for Service {
         Err(unsupported("checkpoint"))
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> TtrpcResult<Empty> {
-        Err(unsupported("resize pty"))
+    /// Resizes a process's terminal; one without a terminal has nothing to
+    /// resize, as with runc's shim.
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        let process = self.task(&req.id)?.process(&req.exec_id)?;
+        if let Some(console) = process.console() {
+            console.resize(req.width, req.height).map_err(|e| rpc_error(Code::INTERNAL, format!("{e:#}")))?;
+        }
+        Ok(Empty::new())
     }
 
-    fn update(&self, _ctx: &TtrpcContext, _req: UpdateTaskRequest) -> TtrpcResult<Empty> {
-        Err(unsupported("update of resources"))
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let _busy = self.busy();
+        let task = self.task(&req.id)?;
+        info!(task = %task.id, "update of resources");
+        let resources = req.resources.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
+        task.update(resources)?;
+        Ok(Empty::new())
     }
 }
