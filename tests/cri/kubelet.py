@@ -116,7 +116,18 @@ class Kubelet:
                           v1.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id)).status
 
     def stop_pod_sandbox(self, sandbox_id):
-        self._call(self.runtime.StopPodSandbox, v1.StopPodSandboxRequest(pod_sandbox_id=sandbox_id))
+        """StopPodSandbox; tried again a second later when containerd 1.6
+        used a shim connection it had just closed, as kubelet's next pod
+        sync tries again. (1.6's exit handler deletes the sandbox's task,
+        and with it the shim, while StopPodSandbox is still on its way.)"""
+        request = v1.StopPodSandboxRequest(pod_sandbox_id=sandbox_id)
+        try:
+            self._call(self.runtime.StopPodSandbox, request)
+        except grpc.RpcError as e:
+            if "ttrpc: closed" not in (e.details() or ""):
+                raise
+            time.sleep(1)
+            self._call(self.runtime.StopPodSandbox, request)
 
     def remove_pod_sandbox(self, sandbox_id):
         """RemovePodSandbox (it removes the pod's containers too), then what

@@ -24,6 +24,7 @@ import traceback
 import grpc
 import yaml
 
+import parity
 from kubelet import Kubelet, read_cri_log, v1
 from pods import Pod
 
@@ -341,6 +342,10 @@ def run_pods(lane, driver):
         lane.scenario(f"{driver}: a wasm container's scope is as runc makes it", the_same_resources_as_runc, k, driver)
         lane.scenario(f"{driver}: containerd killed, then an OOM kill in a pod that lived on", containerd_killed_then_an_oom, k, driver)
     lane.scenario(f"{driver}: a killed shim takes its instance, cleanup leaves nothing", shim_killed_leaves_nothing, k, driver)
+    # Native containers of a wasm pod against runc pods; what they leave is
+    # checked by the last scenario.
+    for check in parity.NODE_CHECKS:
+        lane.scenario(f"{driver}: as under runc: {check.__name__}", check, k, list)
     k.remove_all()
     time.sleep(2)  # shims exit a moment after their last task
     lane.scenario(f"{driver}: StopPodSandbox and RemovePodSandbox leave nothing", nothing_is_left, driver)

@@ -24,7 +24,7 @@ RELEASE = os.path.join(REPO, "out", "release")
 IMAGES = os.path.join(REPO, "out", "images")
 OUT = os.path.join(REPO, "out", "vm")
 IMAGE_NAMES = ["pause", "hello", "sleep", "memory-hog", "busybox"]
-CRI_KIT = ["kubelet.py", "pods.py", "gen_stubs.py", "cni", "manifests"]
+CRI_KIT = ["kubelet.py", "pods.py", "parity.py", "gen_stubs.py", "cni", "manifests"]
 # Boot (~25 s), two installs with containerd restarts and a dozen pods at
 # 3-5 s each under TCG: some minutes. Past this the node is stuck.
 TIMEOUT = 1800
