@@ -83,7 +83,6 @@ def test_a_start_that_fails_gives_an_exit_and_delete_works(clean, api):
 UNSUPPORTED = {
     "exec": lambda api, task: api.exec(task, "exec-1", {"args": ["x"], "cwd": "/"}),
     "pause": lambda api, task: api.pause(task),
-    "resize_pty": lambda api, task: api.resize_pty(task, 80, 24),
 }
 
 
@@ -98,3 +97,45 @@ def test_unsupported_operation_is_refused_clearly(clean, api, operation):
     # The refusal changed nothing: the task is still there to delete.
     assert clean.tasks()[task] == "CREATED"
     api.delete_task(task)
+
+
+def test_resize_of_a_task_without_a_terminal_does_nothing(clean, api):
+    # As runc's shim answers: there is no terminal to resize.
+    task = "api-resize"
+    create_task(clean, api, task)
+    api.resize_pty(task, 80, 24)
+    assert clean.tasks()[task] == "CREATED"
+    api.delete_task(task)
+    clean.ctr("containers", "rm", task)
+    assert clean.leftovers() == []
+
+
+def test_a_native_task_pauses_and_resumes_as_under_runc(clean):
+    """ctr task pause freezes every process of a native container (runc
+    pause), State says PAUSED, and resume lets it go on."""
+    task = "native-pause"
+    count = "i=0; while true; do i=$((i+1)); echo $i > /count; sleep 0.1; done"
+    started = clean.run("wasmlet.test/busybox:latest", task, "/bin/sh", "-c", count, detach=True)
+    assert started.returncode == 0, started.stderr
+    counter = os.path.join(clean.bundles, task, "rootfs", "count")
+    deadline = time.monotonic() + 10
+    while not os.path.exists(counter):
+        assert time.monotonic() < deadline, "the container never counted"
+        time.sleep(0.05)
+
+    def counted_on():
+        before = open(counter).read()
+        time.sleep(0.6)
+        return open(counter).read() != before
+
+    assert counted_on()
+    clean.ctr("tasks", "pause", task)
+    assert clean.tasks()[task] == "PAUSED"
+    assert not counted_on(), "a paused container does not run"
+    clean.ctr("tasks", "resume", task)
+    assert clean.tasks()[task] == "RUNNING"
+    assert counted_on(), "it runs on after resume"
+    clean.ctr("tasks", "kill", "-s", "SIGKILL", task)
+    clean.ctr("tasks", "rm", "-f", task, check=False)
+    clean.ctr("containers", "rm", task)
+    assert clean.leftovers() == []

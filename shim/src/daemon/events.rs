@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::{Message, MessageField};
 use containerd_shim::protos::shim::events::ForwardRequest;
@@ -42,6 +44,8 @@ event!(TaskDelete, TASK_DELETE_EVENT_TOPIC);
 event!(TaskOOM, TASK_OOM_EVENT_TOPIC);
 event!(TaskExecAdded, TASK_EXEC_ADDED_EVENT_TOPIC);
 event!(TaskExecStarted, TASK_EXEC_STARTED_EVENT_TOPIC);
+event!(TaskPaused, TASK_PAUSED_EVENT_TOPIC);
+event!(TaskResumed, TASK_RESUMED_EVENT_TOPIC);
 
 /// Packs a message into an Any under the given type name.
 pub fn pack(type_name: &str, message: &impl Message) -> anyhow::Result<Any> {

@@ -108,6 +108,14 @@ impl Runc {
         self.run(command, bundle, "kill")
     }
 
+    /// `runc pause` (freezes the container's cgroup) or `runc resume`.
+    pub fn freeze(&self, id: &str, bundle: &Path, frozen: bool) -> Result<()> {
+        let action = if frozen { "pause" } else { "resume" };
+        let mut command = self.command(bundle);
+        command.arg(action).arg(id);
+        self.run(command, bundle, action)
+    }
+
     /// `runc update`: new cgroup limits for the container; `resources` is
     /// the OCI LinuxResources JSON containerd sent.
     pub fn update(&self, id: &str, bundle: &Path, resources: &[u8]) -> Result<()> {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +75,8 @@ pub struct Task {
     runtime: Runtime,
     /// Exec processes by exec id (native containers only).
     execs: Mutex<HashMap<String, Arc<Exec>>>,
+    /// Frozen by Pause (native containers only), until Resume.
+    paused: AtomicBool,
     /// Whether containerd was told of an OOM kill (/tasks/oom).
     pub oom_told: AtomicBool,
     /// The watch on its cgroup's OOM kills, ended on Delete.
@@ -121,7 +123,7 @@ impl Task {
 
     fn new(id: String, bundle: PathBuf, rootfs: PathBuf, io: IoPaths, cgroup: TaskCgroup, pid: u32, runtime: Runtime) -> Self {
         let init = Arc::new(Process::new(&id, format!("task {id}"), io, pid));
-        Task { id, bundle, rootfs, cgroup, init, runtime, execs: Mutex::default(), oom_told: AtomicBool::new(false), oom_watch: Mutex::default() }
+        Task { id, bundle, rootfs, cgroup, init, runtime, execs: Mutex::default(), paused: AtomicBool::new(false), oom_told: AtomicBool::new(false), oom_watch: Mutex::default() }
     }
 
     pub fn is_wasm(&self) -> bool {
@@ -226,6 +228,24 @@ impl Task {
             },
         }
         Ok(())
+    }
+
+    /// Freezes (Pause) or thaws (Resume) a running native container, all
+    /// its processes, through runc.
+    pub fn freeze(&self, frozen: bool) -> Result<(), TaskError> {
+        let operation = if frozen { "pause" } else { "resume" };
+        let Runtime::Native(runc) = &self.runtime else { return Err(TaskError::Unsupported(operation)) };
+        if !self.init.is_running() {
+            return Err(TaskError::NotRunning(self.id.clone()));
+        }
+        runc.freeze(&self.id, &self.bundle, frozen)?;
+        self.paused.store(frozen, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether Pause froze it (a frozen process that is killed still ends).
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// New resource limits (in-place resize), through `runc update`. A wasm

@@ -3,7 +3,7 @@
 //! responses, error codes and task events.
 
 use containerd_shim::api::*;
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskIO};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExecAdded, TaskIO, TaskPaused, TaskResumed};
 use containerd_shim::protos::protobuf::MessageField;
 use containerd_shim::protos::ttrpc::{self, Code, TtrpcContext};
 use containerd_shim::protos::types::task::ProcessInfo;
@@ -41,9 +41,11 @@ fn unsupported(operation: &'static str) -> ttrpc::Error {
     TaskError::Unsupported(operation).into()
 }
 
-/// The State of a task's init process, or of one of its execs.
+/// The State of a task's init process, or of one of its execs: a running
+/// process of a paused task is PAUSED.
 fn state_response(task: &Task, exec_id: &str, process: &Process) -> StateResponse {
     let (status, pid, exit) = process.status();
+    let status = if status == Status::RUNNING && task.is_paused() { Status::PAUSED } else { status };
     StateResponse {
         id: process.id.clone(),
         bundle: task.bundle.display().to_string(),
@@ -186,12 +188,22 @@ impl TaskApi for Service {
         Ok(Empty::new())
     }
 
-    fn pause(&self, _ctx: &TtrpcContext, _req: PauseRequest) -> TtrpcResult<Empty> {
-        Err(unsupported("pause"))
+    fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        let _busy = self.busy();
+        let task = self.task(&req.id)?;
+        task.freeze(true)?;
+        info!(task = %task.id, "paused");
+        self.publisher.publish(TaskPaused { container_id: task.id.clone(), ..Default::default() });
+        Ok(Empty::new())
     }
 
-    fn resume(&self, _ctx: &TtrpcContext, _req: ResumeRequest) -> TtrpcResult<Empty> {
-        Err(unsupported("resume"))
+    fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        let _busy = self.busy();
+        let task = self.task(&req.id)?;
+        task.freeze(false)?;
+        info!(task = %task.id, "resumed");
+        self.publisher.publish(TaskResumed { container_id: task.id.clone(), ..Default::default() });
+        Ok(Empty::new())
     }
 
     fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
