@@ -199,8 +199,8 @@ mod tests {
         assert_eq!((size.ws_col, size.ws_row), (123, 45));
 
         drop(slave);
+        let began = std::time::Instant::now();
         console.drain();
-        let ended = console.output_done.lock().unwrap().try_recv();
-        assert_eq!(ended, Err(mpsc::TryRecvError::Disconnected), "the copy ended when the slave closed");
+        assert!(began.elapsed() < OUTPUT_GRACE / 2, "the copy ends when the slave closes, and drain returns then");
     }
 }

@@ -41,6 +41,22 @@ fn unsupported(operation: &'static str) -> ttrpc::Error {
     TaskError::Unsupported(operation).into()
 }
 
+impl Service {
+    /// Pause or Resume, and its event.
+    fn freeze(&self, id: &str, frozen: bool) -> TtrpcResult<Empty> {
+        let _busy = self.busy();
+        let task = self.task(id)?;
+        task.freeze(frozen)?;
+        let container_id = task.id.clone();
+        match frozen {
+            true => self.publisher.publish(TaskPaused { container_id, ..Default::default() }),
+            false => self.publisher.publish(TaskResumed { container_id, ..Default::default() }),
+        }
+        info!(task = %task.id, "{}", if frozen { "paused" } else { "resumed" });
+        Ok(Empty::new())
+    }
+}
+
 /// The State of a task's init process, or of one of its execs: a running
 /// process of a paused task is PAUSED.
 fn state_response(task: &Task, exec_id: &str, process: &Process) -> StateResponse {
@@ -189,21 +205,11 @@ impl TaskApi for Service {
     }
 
     fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        let _busy = self.busy();
-        let task = self.task(&req.id)?;
-        task.freeze(true)?;
-        info!(task = %task.id, "paused");
-        self.publisher.publish(TaskPaused { container_id: task.id.clone(), ..Default::default() });
-        Ok(Empty::new())
+        self.freeze(&req.id, true)
     }
 
     fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        let _busy = self.busy();
-        let task = self.task(&req.id)?;
-        task.freeze(false)?;
-        info!(task = %task.id, "resumed");
-        self.publisher.publish(TaskResumed { container_id: task.id.clone(), ..Default::default() });
-        Ok(Empty::new())
+        self.freeze(&req.id, false)
     }
 
     fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
