@@ -246,8 +246,7 @@ def oom_kill_of_a_child_process_gives_the_same_reason_and_exit_code(kubelet, lef
     # node's: with cgroupfs sh lives on and exits 7; with the systemd driver
     # the scope's OOMPolicy (stop, systemd's default) may end sh as well.
     sides = differential(kubelet, leftovers, oom_scenario(["sh", "-c", "tail /dev/zero; exit 7"]))
-    ended = sides["runc"].facts.get("hog: status", {})
-    exit_code = ended.get("exit_code") if isinstance(ended, dict) else None
+    exit_code = sides["runc"].facts.get("hog: status", {}).get("exit_code")
     check_runc(sides, {"hog: StartContainer": OK, "hog: status": status("EXITED", "OOMKilled", exit_code)})
     compare(sides)
     assert leftovers() == []

@@ -48,11 +48,13 @@ impl Service {
         let task = self.task(id)?;
         task.freeze(frozen)?;
         let container_id = task.id.clone();
-        match frozen {
-            true => self.publisher.publish(TaskPaused { container_id, ..Default::default() }),
-            false => self.publisher.publish(TaskResumed { container_id, ..Default::default() }),
+        if frozen {
+            info!(task = %task.id, "paused");
+            self.publisher.publish(TaskPaused { container_id, ..Default::default() });
+        } else {
+            info!(task = %task.id, "resumed");
+            self.publisher.publish(TaskResumed { container_id, ..Default::default() });
         }
-        info!(task = %task.id, "{}", if frozen { "paused" } else { "resumed" });
         Ok(Empty::new())
     }
 }
