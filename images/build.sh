@@ -42,7 +42,7 @@ WAT_MODULES=(start-reader start-loop shared-memory)
 # (libraries, so cargo names their file with underscores).
 COMPONENT_WORKLOADS=(tcp-hello)
 HTTP_WORKLOADS=(hello-http)
-BUSYBOX_APPLETS=(sh echo sleep cat true ls nc httpd rm mkdir ln tail head dd stty)
+BUSYBOX_APPLETS=(sh echo sleep cat true ls nc httpd rm mkdir ln tail head dd stty tr seq readlink sed)
 
 log() { echo "build.sh: $*" >&2; }
 

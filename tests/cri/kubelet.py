@@ -55,6 +55,8 @@ class Kubelet:
         # kubelet's /var/lib/kubelet/pods and /var/log/pods.
         self.pods_dir = os.path.join(root_dir, "pods")
         self.logs_dir = os.path.join(root_dir, "logs")
+        # kubelet's /var/lib/kubelet/seccomp: Localhost profiles are found here.
+        self.seccomp_dir = os.path.join(root_dir, "seccomp")
         self.cgroup_root = cgroup_root
         self.cgroup_driver = cgroup_driver
         self._sandboxes = {}  # sandbox id -> (Pod, PodSandboxConfig)
@@ -95,6 +97,7 @@ class Kubelet:
     def run_pod_sandbox(self, pod):
         """Volumes and dirs, then RunPodSandbox; returns the sandbox id."""
         pod_dir = self.pod_dir(pod)
+        pod.seccomp_root = self.seccomp_dir
         pod.prepare(pod_dir)
         log_directory = pod.log_directory(self.logs_dir)
         os.makedirs(log_directory, exist_ok=True)

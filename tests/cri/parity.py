@@ -28,7 +28,8 @@ Every compared container is busybox. The wasmlet pod also runs a wasm sleep
 container (started first, given resources that keep the pod's QoS class), so
 that the native containers share their shim with a wasm one as in a real
 hybrid pod; it is left out of every fact. The last check is wasmlet's alone:
-an update of a wasm container's resources is refused, saying why.
+an update of a wasm container's cpu and cpuset applies, and one of its
+memory is refused, saying why.
 
 Scenario by scenario, each test's runc answers are what runc's shim gives
 on containerd 1.6.20, 1.7.24 and 2.1.9 alike.
@@ -37,6 +38,7 @@ on containerd 1.6.20, 1.7.24 and 2.1.9 alike.
 import contextlib
 import copy
 import json
+import os
 import re
 import time
 
@@ -679,10 +681,32 @@ def update_of_resources_reaches_the_containers_cgroup_as_with_runc(kubelet, left
     assert leftovers() == []
 
 
-def update_of_a_wasm_container_is_refused_naming_why(kubelet, leftovers):
-    """Not differential: runc has no wasm containers. A wasm instance sized
-    its memory cap when it started, so an in-place resize is refused, with
-    an error that says so; the container runs on, unchanged."""
+def host_cgroup_of(pid):
+    """{"cpu_quota", "cpus", "memory"} of the process's cgroup as the host
+    sees it (cgroup v2 or v1); "cpus" only where its cpuset is there."""
+    with open(f"/proc/{pid}/cgroup") as f:
+        lines = [line.rstrip("\n").split(":", 2) for line in f]
+    read = lambda path: open(path).read().strip()  # noqa: E731
+    if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        path = "/sys/fs/cgroup" + next(p for _, controllers, p in lines if controllers == "")
+        facts = {"cpu_quota": read(f"{path}/cpu.max").split()[0], "memory": read(f"{path}/memory.max")}
+        cpuset = f"{path}/cpuset.cpus"
+    else:
+        # The hierarchy of each controller, mounted as its controllers' names ("cpu,cpuacct" or "cpu").
+        where = {c: f"/sys/fs/cgroup/{controllers}{p}" for _, controllers, p in lines for c in controllers.split(",")}
+        facts = {"cpu_quota": read(f"{where['cpu']}/cpu.cfs_quota_us"),
+                 "memory": read(f"{where['memory']}/memory.limit_in_bytes")}
+        cpuset = f"{where['cpuset']}/cpuset.cpus"
+    if os.path.exists(cpuset):
+        facts["cpus"] = read(cpuset)
+    return facts
+
+
+def update_of_a_wasm_containers_cpu_applies_and_of_its_memory_is_refused(kubelet, leftovers):
+    """Not differential: runc has no wasm containers. A resize of cpu and
+    the CPU manager's cpuset reach the wasm container's cgroup; a wasm
+    instance sized its memory cap when it started, so a resize of memory
+    is refused, saying so, and the container runs on, unchanged."""
     the_pod = pod("wasmlet", "wasm-update", [{"name": "sleep", "image": WASM_SLEEP,
                                               "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}}}],
                   sidecar=False)
@@ -690,6 +714,20 @@ def update_of_a_wasm_container_is_refused_naming_why(kubelet, leftovers):
         container_id = kubelet.create_container(the_pod, sandbox_id, "sleep")
         kubelet.start_container(container_id)
         kubelet.wait_container(container_id, RUNNING, timeout=TIMEOUT)
+        pid = kubelet.container_info(container_id)["pid"]
+        assert host_cgroup_of(pid)["cpu_quota"] == "25000", host_cgroup_of(pid)
+
+        # In-place resize of cpu: 250m to 500m.
+        kubelet.runtime.UpdateContainerResources(v1.UpdateContainerResourcesRequest(
+            container_id=container_id, linux=resized(the_pod, "sleep", {"memory": "64Mi", "cpu": "500m"})), timeout=30)
+        assert host_cgroup_of(pid)["cpu_quota"] == "50000", host_cgroup_of(pid)
+        assert resources_fact(kubelet.container_status(container_id))["cpu_quota"] == 50000
+        # The CPU manager narrows a shared-pool container to the CPUs left: only cpuset_cpus.
+        kubelet.runtime.UpdateContainerResources(v1.UpdateContainerResourcesRequest(
+            container_id=container_id, linux=v1.LinuxContainerResources(cpuset_cpus="0")), timeout=30)
+        assert host_cgroup_of(pid).get("cpus", "0") == "0", host_cgroup_of(pid)
+
+        # Memory: refused, and nothing changes.
         request = v1.UpdateContainerResourcesRequest(
             container_id=container_id, linux=resized(the_pod, "sleep", {"memory": "128Mi", "cpu": "500m"}))
         try:
@@ -697,9 +735,10 @@ def update_of_a_wasm_container_is_refused_naming_why(kubelet, leftovers):
             outcome = "done"
         except grpc.RpcError as e:
             outcome = e.details() or ""
-        assert "not supported for wasm containers" in outcome and "memory cap" in outcome, outcome
+        assert "memory limit is not supported for wasm containers" in outcome and "memory cap" in outcome, outcome
         assert kubelet.container_status(container_id).state == RUNNING
         assert resources_fact(kubelet.container_status(container_id)).get("memory_limit_in_bytes") == 64 << 20
+        assert host_cgroup_of(pid)["memory"] == str(64 << 20), host_cgroup_of(pid)
     assert leftovers() == []
 
 
@@ -711,7 +750,7 @@ NODE_CHECKS = [
     stats_of_a_created_then_running_container_have_the_same_fields,
     stop_of_exited_term_ignoring_and_term_handling_containers_gives_the_same_statuses,
     update_of_resources_reaches_the_containers_cgroup_as_with_runc,
-    update_of_a_wasm_container_is_refused_naming_why,
+    update_of_a_wasm_containers_cpu_applies_and_of_its_memory_is_refused,
 ]
 CHECKS = NODE_CHECKS + [
     terminal_exec_sees_its_size_and_exit_code_as_with_runc,

@@ -131,6 +131,8 @@ class Pod:
         self.volumes = {v["name"]: v for v in self.spec.get("volumes", [])}
         if self.spec.get("initContainers"):
             raise ManifestError("initContainers are not supported")
+        # Where Localhost seccomp profiles are; the kubelet sets its own.
+        self.seccomp_root = "/var/lib/kubelet/seccomp"
 
     @classmethod
     def load(cls, path, uid=None):
@@ -209,6 +211,23 @@ class Pod:
     def _pod_security(self):
         return self.spec.get("securityContext") or {}
 
+    def _seccomp(self, container=None):
+        """The CRI SecurityProfile of seccompProfile (the container's wins
+        over the pod's): Unconfined unless set, kubelet's default without
+        its SeccompDefault setting. A Localhost profile's path is taken
+        below seccomp_root, kubelet's --root-dir/seccomp."""
+        security = (container or {}).get("securityContext") or {}
+        profile = security.get("seccompProfile") or self._pod_security().get("seccompProfile") or {}
+        kind = profile.get("type", "Unconfined")
+        if kind == "Unconfined":
+            return v1.SecurityProfile(profile_type=v1.SecurityProfile.Unconfined)
+        if kind == "RuntimeDefault":
+            return v1.SecurityProfile(profile_type=v1.SecurityProfile.RuntimeDefault)
+        if kind == "Localhost":
+            return v1.SecurityProfile(profile_type=v1.SecurityProfile.Localhost,
+                                      localhost_ref=os.path.join(self.seccomp_root, profile["localhostProfile"]))
+        raise ManifestError(f"seccompProfile type {kind!r} is not supported")
+
     def _supplemental_groups(self):
         security = self._pod_security()
         groups = list(security.get("supplementalGroups") or [])
@@ -232,8 +251,7 @@ class Pod:
             supplemental_groups=self._supplemental_groups(),
             privileged=any(((c.get("securityContext") or {}).get("privileged", False))
                            for c in self.containers.values()),
-            # kubelet's default without the SeccompDefault setting.
-            seccomp=v1.SecurityProfile(profile_type=v1.SecurityProfile.Unconfined))
+            seccomp=self._seccomp())
         if "runAsUser" in security:
             context.run_as_user.value = security["runAsUser"]
         if "runAsGroup" in security:
@@ -398,7 +416,7 @@ class Pod:
             supplemental_groups=self._supplemental_groups(),
             # Only an explicit allowPrivilegeEscalation: false sets it.
             no_new_privs=security.get("allowPrivilegeEscalation") is False,
-            seccomp=v1.SecurityProfile(profile_type=v1.SecurityProfile.Unconfined))
+            seccomp=self._seccomp(container))
         if not privileged:
             context.masked_paths.extend(MASKED_PATHS)
             context.readonly_paths.extend(READONLY_PATHS)

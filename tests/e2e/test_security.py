@@ -6,7 +6,9 @@ a root-only file) the test first shows from the host that it is there to
 be had, so that a guard that stopped working would fail the test.
 """
 
+import errno
 import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -174,7 +176,7 @@ def test_the_specs_rlimits_reach_the_instance(clean):
 
 
 def compiler_processes():
-    """{pid: /proc/PID/status} of every compiler process now."""
+    """{pid: (/proc/PID/status, its owner)} of every compiler process now."""
     found = {}
     for entry in os.listdir("/proc"):
         try:
@@ -182,37 +184,50 @@ def compiler_processes():
                 argv = f.read().split(b"\0")
             exe = os.readlink(f"/proc/{entry}/exe")
             if len(argv) > 2 and exe.endswith("containerd-shim-wasmlet-v1") and argv[1] == b"compile":
-                found[int(entry)] = proc_status(entry)
+                found[int(entry)] = (proc_status(entry), os.stat(f"/proc/{entry}/status").st_uid)
         except (OSError, ValueError):
             pass
     return found
 
 
 def test_untrusted_wasm_is_compiled_by_a_process_that_holds_nothing(cri):
+    """The compiler is nobody with no capability from its first instruction
+    (the instance's child changes user before it execs), and once it runs
+    it is undumpable and under its filter: every sample of it must show the
+    first, its last sample (taken while it compiles) the second."""
     # No compiled comrak in the cache: this pod compiles 3 MB of wasm.
     for directory, _, files in os.walk(cri.ctd.cache_dir):
         for name in files:
             if name.endswith(".cwasm"):
                 os.remove(os.path.join(directory, name))
     pod = wasm_pod("comrak", "wasmlet.test/comrak:latest", ["--version"])
-    seen = {}
+    samples = {}
     with cri.kubelet.running_pod(pod) as sandbox_id:
         container_id = cri.kubelet.create_container(pod, sandbox_id, "comrak")
         starting = threading.Thread(target=cri.kubelet.start_container, args=(container_id,))
         starting.start()
-        while starting.is_alive() and not seen:
-            seen = compiler_processes()
+        while starting.is_alive():
+            for pid, sample in compiler_processes().items():
+                samples.setdefault(pid, []).append(sample)
             time.sleep(0.005)
         starting.join()
         status = cri.kubelet.wait_container(container_id)
     assert status.exit_code == 0, status
-    assert seen, "no compiler process was seen while the pod compiled"
-    for pid, fields in seen.items():
-        assert fields["Uid"].split() == ["65534"] * 4 and fields["Gid"].split() == ["65534"] * 4, fields
-        assert fields["Groups"].strip() == "", fields
-        for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
-            assert int(fields[caps], 16) == 0, (caps, fields)
-        assert (fields["NoNewPrivs"], fields["Seccomp"]) == ("1", "2"), fields
+    assert samples, "no compiler process was seen while the pod compiled"
+    for pid, seen in samples.items():
+        for fields, _ in seen:
+            assert fields["Uid"].split() == ["65534"] * 4 and fields["Gid"].split() == ["65534"] * 4, fields
+            assert fields["Groups"].strip() == "", fields
+            for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+                assert int(fields[caps], 16) == 0, (caps, fields)
+            assert fields["NoNewPrivs"] == "1", fields
+        # Compiling takes a second; by its last sample it is confined.
+        fields, owner = seen[-1]
+        assert fields["Seccomp"] == "2", (len(seen), fields)
+        # An undumpable process's /proc/PID files belong to root, not to nobody.
+        assert owner == 0, (len(seen), owner)
+        # It is no process of the pod: the host's PID namespace, not the pod's.
+        assert len(fields["NSpid"].split()) == 1, fields
     assert cri.ctd.leftovers() == []
 
 
@@ -249,19 +264,25 @@ def test_a_symlinked_cache_entry_is_not_followed(cri):
     assert cri.ctd.leftovers() == []
 
 
+def start_error(cri, pod, name):
+    """What StartContainer of the pod's container `name` answers: its error,
+    or None when it started."""
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        container_id = cri.kubelet.create_container(pod, sandbox_id, name)
+        try:
+            cri.kubelet.start_container(container_id)
+            return None
+        except grpc.RpcError as err:
+            return err.details()
+
+
 def test_a_cache_directory_others_can_write_is_refused(cri):
     os.chmod(cri.ctd.cache_dir, 0o777)
     try:
-        pod = hello_pod()
-        with cri.kubelet.running_pod(pod) as sandbox_id:
-            container_id = cri.kubelet.create_container(pod, sandbox_id, "hello")
-            try:
-                cri.kubelet.start_container(container_id)
-                raise AssertionError("a pod started from a cache others can write")
-            except grpc.RpcError as err:
-                message = err.details()
+        message = start_error(cri, hello_pod(), "hello")
     finally:
         os.chmod(cri.ctd.cache_dir, 0o700)
+    assert message is not None, "a pod started from a cache others can write"
     assert f"{cri.ctd.cache_dir} is writable by others (mode 777)" in message, message
     assert cri.ctd.leftovers() == []
 
@@ -323,3 +344,172 @@ def test_a_mount_target_swapped_for_a_symlink_is_not_followed(cri):
             # never on the symlink's target, which nothing would detach.
             assert detail in (["/shared/sub"], []), detail
     assert cri.ctd.leftovers() == []
+
+
+# Run in a root sidecar that shares the wasm container's PID namespace: it
+# finds the instance and tries every way /proc offers into it. Each line it
+# prints is something it got.
+PROC_ATTACK = r"""
+pid=""
+for d in /proc/[0-9]*; do
+    case "$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null)" in *" instance "*) pid=${d#/proc/} ;; esac
+done
+[ -n "$pid" ] || { echo "no instance seen"; exit 2; }
+echo "instance seen"
+for f in /proc/$pid/fd/*; do readlink "$f" >/dev/null 2>&1 && { echo "got: where its descriptors lead"; break; }; done
+for fd in $(seq 0 40); do
+    link=$(readlink "/proc/$pid/fd/$fd" 2>/dev/null) || continue
+    case "$link" in
+        *.cwasm) echo "compiled code on descriptor $fd"
+                 printf x >> "/proc/$pid/fd/$fd" && echo "got: appended to $link"
+                 : > "/proc/$pid/fd/$fd" && echo "got: truncated $link" ;;
+        pipe:*) [ "$fd" -gt 2 ] && printf 'oom\n' > "/proc/$pid/fd/$fd" && echo "got: wrote to its pipe $fd" ;;
+    esac
+done 2>&1 | sed 's/^/attack: /'
+for f in /proc/$pid/map_files/*; do
+    case "$(readlink "$f" 2>/dev/null)" in *.cwasm) printf x >> "$f" 2>/dev/null && echo "got: appended through $f" ;; esac
+done
+head -c 1 "/proc/$pid/environ" >/dev/null 2>&1 && echo "got: its environment"
+ls "/proc/$pid/root/" >/dev/null 2>&1 && echo "got: its root directory"
+echo "attack over"
+"""
+
+
+def cache_files(cri):
+    """{path: sha256} of every compiled entry and checksum in the node cache."""
+    found = {}
+    for directory, _, files in os.walk(cri.ctd.cache_dir):
+        for name in files:
+            if name.endswith((".cwasm", ".sha256")):
+                with open(os.path.join(directory, name), "rb") as f:
+                    found[os.path.join(directory, name)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def proc_attack_pod(capabilities):
+    """A wasm container as root (a FROM scratch image's default) and a root
+    busybox sidecar, in one PID namespace."""
+    document = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "proc-attack", "namespace": "default"}, "spec": {
+        "runtimeClassName": "wasmlet", "restartPolicy": "Never", "shareProcessNamespace": True,
+        "containers": [
+            {"name": "guest", "image": "wasmlet.test/sleep:latest"},
+            {"name": "attacker", "image": "wasmlet.test/busybox:latest", "command": ["/bin/sh", "-c", "sleep 3600"],
+             "securityContext": {"capabilities": {"add": capabilities}}},
+        ]}}
+    return Pod(document)
+
+
+def attack_through_proc(cri, capabilities):
+    """Performs PROC_ATTACK beside a running wasm instance; returns its
+    output lines and whether the instance still runs."""
+    pod = proc_attack_pod(capabilities)
+    with cri.kubelet.running_pod(pod) as sandbox_id:
+        guest = cri.kubelet.create_container(pod, sandbox_id, "guest")
+        cri.kubelet.start_container(guest)
+        cri.kubelet.wait_container(guest, v1.CONTAINER_RUNNING)
+        attacker = cri.kubelet.create_container(pod, sandbox_id, "attacker")
+        cri.kubelet.start_container(attacker)
+        cri.kubelet.wait_container(attacker, v1.CONTAINER_RUNNING)
+        result = cri.kubelet.exec_sync(attacker, ["/bin/sh", "-c", PROC_ATTACK], timeout=30)
+        lines = result.stdout.decode().splitlines()
+        time.sleep(0.5)
+        still_running = cri.kubelet.container_status(guest).state == v1.CONTAINER_RUNNING
+    return lines, still_running
+
+
+def test_a_root_sidecar_gets_nothing_of_the_instance_through_proc(cri):
+    # The sleep module's compiled code in the node cache, shared by every pod of it.
+    with exited(cri, wasm_pod("warm", "wasmlet.test/sleep:latest", ["0"])):
+        pass
+    before = cache_files(cri)
+    assert any(path.endswith(".cwasm") for path in before), before
+    lines, still_running = attack_through_proc(cri, [])
+    assert "instance seen" in lines and "attack over" in lines, lines
+    # Undumpable: /proc/PID/fd, environ and root are closed to it.
+    assert [line for line in lines if "got:" in line] == [], lines
+    assert still_running
+    assert cache_files(cri) == before
+    assert cri.ctd.leftovers() == []
+
+
+def test_a_sidecar_with_sys_ptrace_cannot_change_the_nodes_compiled_code(cri):
+    """CAP_SYS_PTRACE (kubectl debug --profile=general adds it) opens an
+    undumpable process's /proc/PID/fd; the compiled code it maps is still
+    held through a read-only mount, so reopening it for writing fails."""
+    with exited(cri, wasm_pod("warm", "wasmlet.test/sleep:latest", ["0"])):
+        pass
+    before = cache_files(cri)
+    lines, still_running = attack_through_proc(cri, ["SYS_PTRACE"])
+    assert "got: where its descriptors lead" in lines, "the attack must reach the descriptors to show the guard behind them"
+    held = [line.split()[-1] for line in lines if line.startswith("attack: compiled code on descriptor")]
+    assert held, lines
+    # Each descriptor of compiled code: the append and the truncation refused.
+    for fd in held:
+        refused = [line for line in lines if f"/proc/" in line and line.endswith(f"/fd/{fd}: Read-only file system")]
+        assert len(refused) == 2, (fd, lines)
+    assert not [line for line in lines if "cwasm" in line and "got:" in line], lines
+    assert still_running
+    assert cache_files(cri) == before
+    assert cri.ctd.leftovers() == []
+
+
+def seccomp_pod(name, args, profile):
+    """The probe as a pod whose container's seccompProfile is `profile`
+    (the pod's own would apply to its sandbox too)."""
+    pod = wasm_pod(name, "wasmlet.test/probe:latest", args)
+    pod.containers[name]["securityContext"] = {"seccompProfile": profile}
+    return pod
+
+
+def localhost_profile(cri, name, profile):
+    """Writes a Localhost seccomp profile where kubelet looks for them."""
+    os.makedirs(cri.kubelet.seccomp_dir, exist_ok=True)
+    with open(os.path.join(cri.kubelet.seccomp_dir, name), "w") as f:
+        json.dump(profile, f)
+    return {"type": "Localhost", "localhostProfile": name}
+
+
+def test_the_pods_seccomp_profile_applies_on_top_of_the_instances_own(cri):
+    # Listing a directory is getdents64; this profile answers EACCES to it alone.
+    no_listing = localhost_profile(cri, "no-listing.json", {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["getdents64"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EACCES}]})
+    with exited(cri, seccomp_pod("unconfined", ["list", "/"], {"type": "Unconfined"})) as (status, lines):
+        assert status.exit_code == 0 and lines[0].startswith("list /: ") and "probe.wasm" in lines[0], (status, lines)
+    with exited(cri, seccomp_pod("runtime-default", ["list", "/"], {"type": "RuntimeDefault"})) as (status, lines):
+        assert status.exit_code == 0 and "probe.wasm" in lines[0], (status, lines)
+    with exited(cri, seccomp_pod("no-listing", ["list", "/"], no_listing)) as (status, lines):
+        assert len(lines) == 1 and lines[0].startswith("list /: error: Permission denied"), (status, lines)
+    assert cri.ctd.leftovers() == []
+
+
+def test_a_deny_all_seccomp_profile_stops_the_container_with_a_clear_error(cri):
+    deny_all = localhost_profile(cri, "deny-all.json", {"defaultAction": "SCMP_ACT_ERRNO"})
+    message = start_error(cri, seccomp_pod("deny-all", ["list", "/"], deny_all), "deny-all")
+    # As under runc the container never runs; unlike runc's "operation not
+    # permitted", the error says which calls the profile takes away.
+    assert message is not None, "a container ran under a profile that refuses every syscall"
+    assert ("the pod's seccomp profile: the seccomp profile refuses read, write, exit_group, "
+            "which a wasm instance needs") in message, message
+    assert cri.ctd.leftovers() == []
+
+
+def test_a_seccomp_profile_with_a_notifier_is_refused_by_name(cri):
+    notify = localhost_profile(cri, "notify.json", {
+        "defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mkdirat"], "action": "SCMP_ACT_NOTIFY"}]})
+    message = start_error(cri, seccomp_pod("notify", ["list", "/"], notify), "notify")
+    assert message is not None, "a profile with SCMP_ACT_NOTIFY was accepted"
+    assert "SCMP_ACT_NOTIFY needs a user-space notifier, which wasm containers do not support" in message, message
+    assert cri.ctd.leftovers() == []
+
+
+def test_an_apparmor_profile_on_a_node_without_apparmor_is_refused(clean):
+    """As runc: a spec that asks for a profile the node cannot apply does
+    not run unconfined. (containerd's CRI refuses such a pod itself; ctr
+    passes the profile through.)"""
+    assert not os.path.exists("/sys/module/apparmor/parameters/enabled"), "this check needs a node without AppArmor"
+    result = clean.ctr("run", "--rm", "--runtime", "io.containerd.wasmlet.v1", "--apparmor-profile", "wasmlet-test",
+                       "wasmlet.test/hello:latest", "apparmor", check=False)
+    assert result.returncode != 0
+    assert "the pod asks for the AppArmor profile wasmlet-test, but AppArmor is not enabled on this node" in result.stderr, result.stderr
+    clean.delete_all()

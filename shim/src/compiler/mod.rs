@@ -1,9 +1,11 @@
 //! The compiler process: untrusted wasm in on stdin, compiled code out on
 //! stdout (shared/compile_protocol.rs). The instance runs one per cache
-//! miss, inside the pod's cgroup and namespaces. Before it reads a byte it
-//! drops to nobody with no capability, no new privileges and a seccomp
-//! filter that leaves it memory, threads and its three pipes: no file, no
-//! socket, no other process. So a wasm that exploits the parser or the
+//! miss, inside the pod's cgroup, before it enters the pod's namespaces,
+//! and starts it as nobody with no capability and no new privileges
+//! (instance/compile.rs). Before it reads a byte it checks that it holds
+//! nothing, makes itself undumpable and installs a seccomp filter that
+//! leaves it memory, threads and its three pipes: no file, no socket, no
+//! other process. So a wasm that exploits the parser or the
 //! compiler gets nothing, and compiling may use every core (wasmtime's
 //! parallel compilation) without a thread that holds a privilege.
 
@@ -14,14 +16,10 @@ use std::io::{Read, Write};
 
 use anyhow::{bail, Context, Result};
 
-use crate::shared::compile_protocol::{INVALID, MAX_MESSAGE_BYTES};
+use crate::shared::compile_protocol::{COMPILER_USER, INVALID, MAX_MESSAGE_BYTES};
 use crate::shared::engine_config::{new_engine, Kind};
-use crate::shared::launch_plan::UserPlan;
 use crate::shared::node_cache::MAX_WASM_BYTES;
 use crate::shared::sandbox;
-
-/// Who compiles: nobody.
-const NOBODY: UserPlan = UserPlan { uid: 65534, gid: 65534, additional_gids: Vec::new() };
 
 /// Why there is no compiled code.
 enum Failure {
@@ -68,24 +66,36 @@ fn compile(args: &[String]) -> Result<(), Failure> {
     std::io::stdout().lock().write_all(&compiled).context("write the compiled code").map_err(Failure::Broken)
 }
 
-/// No core dump of what it read, then nobody, ending with its instance,
-/// under the filter.
+/// Holds nothing (the instance started it so), dumps no core of what it
+/// read, is undumpable, and is under the filter.
 fn confine() -> Result<()> {
-    let instance = nix::unistd::getppid();
+    holds_nothing()?;
     let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // Safety: setrlimit reads the struct passed.
     if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &no_core) } != 0 {
         bail!("limit core dumps: {}", std::io::Error::last_os_error());
     }
-    let filters = seccomp::filters()?;
-    sandbox::become_user(&NOBODY)?;
-    // After the change of user, which clears it; the instance may have
-    // gone just before.
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("set the parent-death signal")?;
-    if nix::unistd::getppid() != instance {
-        bail!("the instance is gone");
+    sandbox::undumpable()?;
+    sandbox::confine(&seccomp::filters()?)
+}
+
+/// The compiler refuses to run as anyone but `COMPILER_USER` with no
+/// capability in any set and no_new_privs.
+fn holds_nothing() -> Result<()> {
+    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+    if (uid, gid) != (COMPILER_USER.uid, COMPILER_USER.gid) || nix::unistd::geteuid().as_raw() != uid {
+        bail!("the compiler runs as uid {uid} gid {gid}: it must be started as {}:{}", COMPILER_USER.uid, COMPILER_USER.gid);
     }
-    sandbox::confine(&filters)
+    for set in [caps::CapSet::Effective, caps::CapSet::Permitted, caps::CapSet::Inheritable, caps::CapSet::Ambient, caps::CapSet::Bounding] {
+        let held = caps::read(None, set).with_context(|| format!("read {set:?} capabilities"))?;
+        if !held.is_empty() {
+            bail!("the compiler holds {} {set:?} capabilities: it must be started with none", held.len());
+        }
+    }
+    if !nix::sys::prctl::get_no_new_privs().context("read no_new_privs")? {
+        bail!("the compiler must be started with no_new_privs");
+    }
+    Ok(())
 }
 
 /// All of `input`, refused once it holds more than `limit` bytes.

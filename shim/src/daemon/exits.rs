@@ -12,6 +12,10 @@
 //! nobody watches (orphans, runc's commands) are dropped once the windows
 //! close, and can never land on a later process that got the same pid after
 //! the pids wrapped around, however long windows overlap.
+//!
+//! What an exit sets off (an OOM event first, a terminal's output drained,
+//! waiters woken) runs on a thread of its own: one slow exit never holds up
+//! another process's.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -110,7 +114,7 @@ impl Exits {
         let mut index = self.index.lock().unwrap();
         if let Some(on_exit) = index.watched.remove(&pid) {
             drop(index);
-            on_exit(exit);
+            hand_over(pid, on_exit, exit);
         } else if index.windows > 0 {
             let place = index.next;
             index.next += 1;
@@ -119,10 +123,27 @@ impl Exits {
     }
 }
 
+/// Calls `on_exit` on a thread of its own, or inline if no thread can be
+/// made (a failed spawn drops its closure, so the call waits in a slot).
+fn hand_over(pid: u32, on_exit: OnExit, exit: Exit) {
+    type Slot = Arc<Mutex<Option<(OnExit, Exit)>>>;
+    let call = |slot: &Slot| {
+        if let Some((on_exit, exit)) = slot.lock().unwrap().take() {
+            on_exit(exit);
+        }
+    };
+    let slot: Slot = Arc::new(Mutex::new(Some((on_exit, exit))));
+    let theirs = slot.clone();
+    if std::thread::Builder::new().name(format!("exit-{pid}")).spawn(move || call(&theirs)).is_err() {
+        call(&slot);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::mpsc;
+    use std::time::Duration;
 
     fn exit(code: u32) -> Exit {
         Exit { code, at: Default::default() }
@@ -140,7 +161,26 @@ mod tests {
         exits.window().watch(10, on_exit);
         exits.exited(10, exit(3));
         exits.exited(10, exit(4));
-        assert_eq!(codes.try_iter().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(codes.recv_timeout(Duration::from_secs(10)).unwrap(), 3);
+        assert!(codes.recv_timeout(Duration::from_millis(100)).is_err());
+    }
+
+    #[test]
+    fn one_exit_held_up_does_not_hold_up_another() {
+        let exits = Exits::default();
+        let (other_done, other) = mpsc::channel();
+        let (held_done, held) = mpsc::channel();
+        let window = exits.window();
+        // The first exit's work waits until the second's is done: were they
+        // run one after the other, neither would ever finish.
+        window.watch(20, Box::new(move |_| {
+            let finished = other.recv_timeout(Duration::from_secs(10)).is_ok();
+            held_done.send(finished).unwrap();
+        }));
+        window.watch(21, Box::new(move |_| other_done.send(()).unwrap()));
+        exits.exited(20, exit(0));
+        exits.exited(21, exit(0));
+        assert!(held.recv_timeout(Duration::from_secs(20)).unwrap(), "the second exit waited for the first");
     }
 
     #[test]
@@ -178,7 +218,7 @@ mod tests {
         exec_start.watch(16, on_exit); // a new process that got pid 16
         assert!(codes.try_recv().is_err());
         exits.exited(16, exit(7));
-        assert_eq!(codes.try_recv().unwrap(), 7);
+        assert_eq!(codes.recv_timeout(Duration::from_secs(10)).unwrap(), 7);
         drop((exec_start, long_create));
     }
 

@@ -37,6 +37,11 @@ impl StartPipe {
     }
 }
 
+/// Why an instance under a pod's seccomp profile may end without a word:
+/// the profile is installed last, and the report is written after it.
+const SECCOMP_HINT: &str = "the pod's seccomp profile may refuse what the instance needs to report and run \
+(read, write, futex, mmap, exit_group and the guest's own calls)";
+
 /// Spawns the instance of the container in `bundle`, lets `place` put the
 /// process where it belongs (a systemd scope) while it waits for its plan,
 /// sends it `plan` and waits for its report. The process spawned goes on as
@@ -71,6 +76,7 @@ pub fn launch(
     report.logs.iter().for_each(|l| on_log(l));
     match report.result {
         Ok(()) => Ok(Launched { pid, start: StartPipe(File::from(pipes.start_write)), late_report: status }),
+        Err(msg) if msg == status_pipe::ENDED_SILENTLY && plan.seccomp.is_some() => Err((Some(pid), anyhow::anyhow!("{msg}: {SECCOMP_HINT}"))),
         Err(msg) => Err((Some(pid), anyhow::anyhow!(msg))),
     }
 }

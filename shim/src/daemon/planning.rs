@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use oci_spec::runtime::{LinuxNamespaceType, Mount, PosixRlimit, PosixRlimitType, Spec, User};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, PosixRlimit, PosixRlimitType, Process, Spec, User};
 
 use super::entrypoint::Entrypoint;
 use super::systemd_scope::SystemdScope;
@@ -16,9 +16,13 @@ use crate::shared::launch_plan::{
     RlimitPlan, UserPlan,
 };
 use crate::shared::node_cache::NodeCache;
+use crate::shared::seccomp_profile::SeccompProfile;
 
 /// kubelet names the termination-message file in this container annotation.
 const TERMINATION_PATH_ANNOTATION: &str = "io.kubernetes.container.terminationMessagePath";
+/// Where the kernel says whether AppArmor is on, and whether SELinux is.
+const APPARMOR_ENABLED: &str = "/sys/module/apparmor/parameters/enabled";
+const SELINUX_ENFORCE: &str = "/sys/fs/selinux/enforce";
 /// kubelet's default termination-message path.
 const DEFAULT_TERMINATION_PATH: &str = "/dev/termination-log";
 
@@ -53,7 +57,29 @@ pub fn launch_plan(spec: &Spec, rootfs: &Path, program: ProgramSource, entry: En
         memory_limit: cgroup::memory_limit(resources),
         cache,
         termination_message: termination_message_path(spec),
+        seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()).map(SeccompProfile::from_oci).transpose().context("the pod's seccomp profile")?,
+        apparmor_profile: apparmor_profile(process)?,
     })
+}
+
+/// The spec's AppArmor profile; none for `unconfined`. As runc, a profile
+/// on a node without AppArmor is an error. So is an SELinux label on a node
+/// that enforces SELinux (where it is off, runc ignores labels too): the
+/// instance does not exec, so it cannot take a label's exec transition.
+fn apparmor_profile(process: &Process) -> Result<Option<String>> {
+    if let Some(label) = process.selinux_label().as_ref().filter(|l| !l.is_empty()) {
+        if std::path::Path::new(SELINUX_ENFORCE).exists() {
+            bail!("the pod asks for the SELinux label {label}, which wasm containers do not support on a node with SELinux");
+        }
+    }
+    let Some(profile) = process.apparmor_profile().as_ref().filter(|p| !p.is_empty() && *p != "unconfined") else {
+        return Ok(None);
+    };
+    let enabled = std::fs::read_to_string(APPARMOR_ENABLED).map(|v| v.trim() == "Y").unwrap_or(false);
+    if !enabled {
+        bail!("the pod asks for the AppArmor profile {profile}, but AppArmor is not enabled on this node");
+    }
+    Ok(Some(profile.clone()))
 }
 
 /// Where the container's `/` is on the host: the spec's root path, relative

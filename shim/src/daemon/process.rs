@@ -2,11 +2,15 @@
 //! runc's container init) or an exec. One type for both, so that Start,
 //! State, Wait and the exit behave alike whichever it is.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use containerd_shim::api::Status;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use super::console::Console;
 use super::stdio::IoPaths;
@@ -28,7 +32,23 @@ enum Phase {
 struct Lifecycle {
     /// 0 until known: an exec gets its pid at Start.
     pid: u32,
+    /// The process itself, not its number: signals sent through it never
+    /// reach another process that got the pid after this one was reaped.
+    pidfd: Option<OwnedFd>,
     phase: Phase,
+}
+
+/// A pidfd for `pid`, taken as soon as the pid is known (the process is
+/// the shim's child, or runc's reparented to it, and is not reaped before
+/// the exit path sees it); None for none or if the kernel refuses.
+fn pidfd_of(pid: u32) -> Option<OwnedFd> {
+    if pid == 0 {
+        return None;
+    }
+    // Safety: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // Safety: a descriptor just returned to us, owned by nothing else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 #[derive(Debug)]
@@ -57,7 +77,7 @@ pub enum StartError {
 impl Process {
     /// A created process (`name` says what it is); `pid` is 0 when it has none yet.
     pub fn new(id: &str, name: String, io: IoPaths, pid: u32) -> Self {
-        let state = Mutex::new(Lifecycle { pid, phase: Phase::Created });
+        let state = Mutex::new(Lifecycle { pid, pidfd: pidfd_of(pid), phase: Phase::Created });
         Process { id: id.to_string(), name, io, state, exited: Condvar::new(), console: OnceLock::new() }
     }
 
@@ -72,7 +92,11 @@ impl Process {
             Phase::Running => return Err(StartError::AlreadyStarted(self.name.clone())),
             Phase::Stopped(_) => return Err(StartError::Exited(self.name.clone())),
         }
-        state.pid = start()?;
+        let pid = start()?;
+        if pid != state.pid {
+            state.pidfd = pidfd_of(pid);
+        }
+        state.pid = pid;
         state.phase = Phase::Running;
         announce(state.pid);
         Ok(state.pid)
@@ -93,6 +117,22 @@ impl Process {
 
     pub fn pid(&self) -> u32 {
         self.state.lock().unwrap().pid
+    }
+
+    /// Sends `signal` to the process through its pidfd (by pid only where
+    /// the kernel gave none). ESRCH: it has exited, whether or not its exit
+    /// has been told yet.
+    pub fn signal(&self, signal: Signal) -> nix::Result<()> {
+        let state = self.state.lock().unwrap();
+        match &state.pidfd {
+            Some(pidfd) => {
+                // Safety: pidfd_send_signal reads the descriptor and no siginfo (null).
+                let sent = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal as i32, std::ptr::null::<libc::siginfo_t>(), 0) };
+                Errno::result(sent).map(drop)
+            }
+            None if state.pid == 0 => Err(Errno::ESRCH),
+            None => kill(Pid::from_raw(state.pid as i32), signal),
+        }
     }
 
     /// Records the exit and wakes every waiter.
@@ -202,6 +242,16 @@ mod tests {
             .unwrap();
         reaper.unwrap().join().unwrap();
         assert_eq!(*told.lock().unwrap(), ["start", "exit"]);
+    }
+
+    #[test]
+    fn a_signal_never_reaches_a_process_that_took_a_reaped_ones_pid() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let process = Process::new("p", "task p".into(), IoPaths::default(), child.id());
+        process.signal(Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        // Reaped: its pid may be anyone's now, but the pidfd is still the old process.
+        assert_eq!(process.signal(Signal::SIGKILL), Err(Errno::ESRCH));
     }
 
     #[test]

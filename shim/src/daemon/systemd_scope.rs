@@ -19,6 +19,8 @@ use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 use zbus::zvariant::Value;
 
+use crate::shared::cgroup;
+
 /// systemd's "no limit".
 const INFINITY: u64 = u64::MAX;
 /// How long systemd may take to move the instance into its scope.
@@ -111,7 +113,7 @@ fn resource_properties(resources: Option<&LinuxResources>, v2: bool) -> Result<V
     }
     if let Some(cpu) = resources.cpu() {
         match cpu.shares() {
-            Some(shares) if shares > 0 && v2 => push(CPU_WEIGHT, cpu_weight(shares)),
+            Some(shares) if shares > 0 && v2 => push(CPU_WEIGHT, cgroup::cpu_weight(shares)),
             Some(shares) if shares > 0 => push(CPU_SHARES, shares),
             _ => {}
         }
@@ -145,10 +147,6 @@ fn unlimited_or(value: i64) -> u64 {
     if value < 0 { INFINITY } else { value as u64 }
 }
 
-/// cgroup v1 cpu shares [2, 262144] as v2's weight [1, 10000] (runc's mapping).
-fn cpu_weight(shares: u64) -> u64 {
-    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
-}
 
 /// A quota per `period` as microseconds per second, rounded up to 10 ms as
 /// systemd keeps it in whole percent of a CPU.
@@ -198,7 +196,7 @@ mod tests {
     fn quotas_round_up_to_whole_percents() {
         assert_eq!(quota_per_second(12_345, 100_000), 130_000);
         assert_eq!(quota_per_second(50_000, 0), 500_000);
-        assert_eq!(cpu_weight(2), 1);
-        assert_eq!(cpu_weight(262_144), 10_000);
+        assert_eq!(cgroup::cpu_weight(2), 1);
+        assert_eq!(cgroup::cpu_weight(262_144), 10_000);
     }
 }

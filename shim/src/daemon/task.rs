@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use containerd_shim::util::timestamp;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tracing::warn;
 
 use super::exec::Exec;
@@ -90,8 +89,8 @@ pub enum TaskError {
     NoSuchTask(String),
     #[error("{0} is not supported for wasm tasks")]
     Unsupported(&'static str),
-    #[error("in-place update of resources is not supported for wasm containers: a wasm instance sets its memory cap when it starts (recreate the pod to resize it)")]
-    WasmUpdate,
+    #[error("in-place update of the memory limit is not supported for wasm containers: a wasm instance sets its memory cap when it starts (recreate the pod to resize its memory; cpu and cpuset update in place)")]
+    WasmMemoryUpdate,
     #[error("exec {0} already exists")]
     ExecExists(String),
     #[error("exec {exec} of task {task} not found")]
@@ -159,7 +158,7 @@ impl Task {
             announce,
         );
         if let (Err(StartError::Failed(_)), Runtime::Native(_)) = (&started, &self.runtime) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            let _ = self.init.signal(Signal::SIGKILL);
         }
         Ok(started?)
     }
@@ -222,7 +221,7 @@ impl Task {
                 Err(err) if process.is_stopped() || runc::is_not_running(&err) => return Err(TaskError::Finished(pid)),
                 killed => killed?,
             },
-            _ => match kill(Pid::from_raw(pid as i32), signal) {
+            _ => match process.signal(signal) {
                 Err(nix::errno::Errno::ESRCH) => return Err(TaskError::Finished(pid)),
                 killed => killed.map_err(|e| anyhow::anyhow!("kill {pid}: {e}"))?,
             },
@@ -248,11 +247,27 @@ impl Task {
         self.paused.load(Ordering::SeqCst)
     }
 
-    /// New resource limits (in-place resize), through `runc update`. A wasm
-    /// instance sized its memory cap at start and cannot follow.
+    /// New resource limits (in-place resize, the CPU manager's cpusets):
+    /// through `runc update` for a native container. A wasm container's
+    /// cpu and cpuset change in its cgroup; its memory limit cannot, as the
+    /// instance sized its guest's memory cap from it at start, so a request
+    /// that changes it is refused whole.
     pub fn update(&self, resources_json: &[u8]) -> Result<(), TaskError> {
-        let Runtime::Native(runc) = &self.runtime else { return Err(TaskError::WasmUpdate) };
+        let Runtime::Native(runc) = &self.runtime else { return self.update_wasm(resources_json) };
         Ok(runc.update(&self.id, &self.bundle, resources_json)?)
+    }
+
+    fn update_wasm(&self, resources_json: &[u8]) -> Result<(), TaskError> {
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(resources_json).map_err(|e| anyhow::anyhow!("read the resources of the update: {e}"))?;
+        let Some(path) = &self.cgroup.path else {
+            return Err(anyhow::anyhow!("task {} has no cgroup to update", self.id).into());
+        };
+        let wanted = cgroup::memory_limit(Some(&resources));
+        if wanted != cgroup::memory_limit_now(path) {
+            return Err(TaskError::WasmMemoryUpdate);
+        }
+        Ok(cgroup::update_cpu(path, &resources)?)
     }
 
     /// The task's processes: a native container's whole cgroup (it may
@@ -297,7 +312,7 @@ impl Task {
             }
         }
         if !self.init.is_stopped() {
-            let _ = kill(Pid::from_raw(self.init.pid() as i32), Signal::SIGKILL);
+            let _ = self.init.signal(Signal::SIGKILL);
             if self.init.wait(Some(Duration::from_secs(10))).is_none() {
                 warn!(task = %self.id, "init process did not exit after SIGKILL");
             }

@@ -26,7 +26,7 @@ fn rpc_error(code: Code, msg: impl std::fmt::Display) -> ttrpc::Error {
 impl From<TaskError> for ttrpc::Error {
     fn from(err: TaskError) -> Self {
         let code = match &err {
-            TaskError::Unsupported(_) | TaskError::WasmUpdate => Code::UNIMPLEMENTED,
+            TaskError::Unsupported(_) | TaskError::WasmMemoryUpdate => Code::UNIMPLEMENTED,
             TaskError::ExecExists(_) => Code::ALREADY_EXISTS,
             TaskError::NoSuchTask(_) | TaskError::NoSuchExec { .. } | TaskError::Finished(_) | TaskError::NotRunning(_) => Code::NOT_FOUND,
             TaskError::InvalidSignal(_) => Code::INVALID_ARGUMENT,
@@ -35,10 +35,6 @@ impl From<TaskError> for ttrpc::Error {
         };
         rpc_error(code, err)
     }
-}
-
-fn unsupported(operation: &'static str) -> ttrpc::Error {
-    TaskError::Unsupported(operation).into()
 }
 
 impl Service {
@@ -215,7 +211,8 @@ impl TaskApi for Service {
     }
 
     fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
-        Err(unsupported("checkpoint"))
+        // For native containers too: runc's checkpoint (CRIU) is not wired up.
+        Err(rpc_error(Code::UNIMPLEMENTED, "checkpoint is not supported by wasmlet, for wasm and native containers alike"))
     }
 
     /// Resizes a process's terminal; one without a terminal has nothing to

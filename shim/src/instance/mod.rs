@@ -7,6 +7,7 @@
 mod compile;
 mod compiled_code;
 mod engine;
+mod own_proc;
 mod isolation;
 mod mounts;
 mod privileges;
@@ -22,6 +23,7 @@ use std::os::fd::FromRawFd;
 
 use crate::shared::allocator;
 use crate::shared::launch_plan::LaunchPlan;
+use crate::shared::sandbox;
 use crate::shared::status_pipe::{OUT_OF_MEMORY, START_FD, STATUS_FD};
 
 pub fn main() -> ! {
@@ -31,7 +33,9 @@ pub fn main() -> ! {
     for fd in [STATUS_FD, START_FD] {
         let _ = nix::fcntl::fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
     }
-    let set_up = LaunchPlan::receive().and_then(|plan| Ok((setup::setup(&plan, &mut status)?, plan.termination_message)));
+    // Before anything: no process of the pod may reach into this one's
+    // descriptors or memory through /proc while it holds privileges.
+    let set_up = sandbox::undumpable().and_then(|()| LaunchPlan::receive()).and_then(|plan| Ok((setup::setup(&plan, &mut status)?, plan.termination_message)));
     let (ready, termination_message) = match set_up {
         Ok(ready) => ready,
         Err(err) => {

@@ -12,7 +12,7 @@
 //! volume, which another container may be writing to) may follow none.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -23,21 +23,8 @@ use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
 
 use crate::shared::launch_plan::MountFlags;
+use crate::shared::mount_api::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
 
-/// `mount_setattr`'s argument (linux/mount.h).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NOSUID: u64 = 0x2;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
-const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-const OPEN_TREE_CLONE: libc::c_uint = 0x1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 
@@ -120,12 +107,7 @@ fn refused(relative: &Path, errno: Errno) -> anyhow::Error {
 /// `target`, with `flags` and nodev on every mount of the bind.
 pub fn bind(source: &Path, target: &OwnedFd, recursive: bool, flags: MountFlags) -> Result<()> {
     let path = CString::new(source.as_os_str().as_bytes())?;
-    let recursive_flag = if recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
-    // Safety: open_tree reads the path and returns a new descriptor or -1.
-    let tree = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | recursive_flag) };
-    let tree = Errno::result(tree).with_context(|| format!("bind source {}", source.display()))?;
-    // Safety: the descriptor was just returned to us and nothing else owns it.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let tree = mount_api::clone_tree(libc::AT_FDCWD, &path, recursive).with_context(|| format!("bind source {}", source.display()))?;
     set_attributes(&tree, flags, true).context("apply mount options")?;
     move_onto(&tree, target)
 }
@@ -160,13 +142,7 @@ fn set_attributes(fd: &impl AsFd, flags: MountFlags, recursive: bool) -> Result<
             attr_set |= bit;
         }
     }
-    let attr = MountAttr { attr_set, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    let at = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
-    // Safety: mount_setattr reads `attr`, of the size passed, and the empty path.
-    let done = unsafe {
-        libc::syscall(libc::SYS_mount_setattr, fd.as_fd().as_raw_fd(), c"".as_ptr(), at, &attr as *const MountAttr, std::mem::size_of::<MountAttr>())
-    };
-    Errno::result(done).map(drop).map_err(Into::into)
+    mount_api::set_attributes(fd, attr_set, recursive).map_err(Into::into)
 }
 
 fn move_onto(tree: &OwnedFd, target: &OwnedFd) -> Result<()> {

@@ -1,21 +1,40 @@
 //! What the instance gives up before the guest runs: the spec's OOM score
-//! and rlimits, its user and groups, every capability, new privileges, and
-//! all syscalls but those its seccomp filter allows (seccomp.rs).
+//! and rlimits, its user and groups, every capability, being dumpable, new
+//! privileges, and all syscalls but those its seccomp filter allows
+//! (seccomp.rs).
 
 use anyhow::{bail, Context, Result};
+use seccompiler::BpfProgram;
 
 use super::seccomp;
 use crate::shared::launch_plan::{RlimitPlan, UserPlan};
 use crate::shared::sandbox;
+use crate::shared::seccomp_profile::SeccompProfile;
 use crate::shared::status_pipe::STATUS_FD;
 
-/// Becomes the pod's user, dies with the daemon from then on, and confines
-/// itself. The filters are built first: building allocates nothing after.
-pub fn drop_all(user: &UserPlan) -> Result<()> {
-    let filters = seccomp::filters(std::process::id())?;
+/// Becomes the pod's user with no capability, undumpable again (the
+/// change of user may have reset it), and dies with the daemon from then on.
+pub fn become_user(user: &UserPlan) -> Result<()> {
     sandbox::become_user(user)?;
-    die_with_daemon()?;
-    sandbox::confine(&filters)
+    sandbox::undumpable()?;
+    die_with_daemon()
+}
+
+/// The seccomp filters to install: the pod's profile, if any, then the
+/// instance's own (which forbids installing more), built while allocating
+/// is still free of the filters' rules.
+pub fn filters(pods: Option<&SeccompProfile>) -> Result<Vec<BpfProgram>> {
+    let mut filters = match pods {
+        Some(profile) => profile.filters()?,
+        None => Vec::new(),
+    };
+    filters.extend(seccomp::filters(std::process::id())?);
+    Ok(filters)
+}
+
+/// no_new_privs and the filters: the last step before the guest is ready.
+pub fn confine(filters: &[BpfProgram]) -> Result<()> {
+    sandbox::confine(filters)
 }
 
 /// SIGKILL when the daemon dies (the instance is the daemon's child, its
@@ -51,9 +70,9 @@ pub fn set_oom_score_adj(score: i32) -> Result<()> {
     std::fs::write("/proc/self/oom_score_adj", score.to_string()).with_context(|| format!("set oom_score_adj {score}"))
 }
 
-/// Capabilities are per thread, so a thread started before `drop_all` would
-/// keep them. Checked while /proc is still reachable (before pivot_root);
-/// nothing between here and `drop_all` starts a thread.
+/// Capabilities are per thread, so a thread started before `become_user`
+/// would keep them, and a fork copies only its caller. Checked while /proc
+/// is still reachable (before pivot_root).
 pub fn ensure_single_thread() -> Result<()> {
     let threads = std::fs::read_dir("/proc/self/task").context("list /proc/self/task")?.count();
     if threads != 1 {

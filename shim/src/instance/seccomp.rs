@@ -4,7 +4,7 @@
 //! namespaces (clone3, whose flags a filter cannot read, says ENOSYS so
 //! libc falls back to clone), sockets are IPv4 and IPv6 only (and unnamed
 //! pairs within the process), ioctl knows
-//! a handful of requests, and no memory becomes executable: compiled code
+//! and fcntl a handful of requests each, and no memory becomes executable: compiled code
 //! was mapped before the filter, so nothing loaded after it can run (a
 //! library the guest's image ships, say, that libc's resolver would load).
 //! Everything else fails with EPERM.
@@ -29,6 +29,25 @@ const IOCTLS: [u64; 9] = [
     0x8008_6601, // FS_IOC_GETFLAGS
 ];
 
+/// fcntl commands: descriptor and status flags, duplicates, record locks.
+/// Not F_SETOWN, F_SETOWN_EX or F_SETSIG, which direct a descriptor's
+/// signals at another process (in a shared PID namespace, a sidecar), nor
+/// leases or directory notifications, which signal too.
+const FCNTLS: [u64; 12] = [
+    libc::F_DUPFD as u64,
+    libc::F_DUPFD_CLOEXEC as u64,
+    libc::F_GETFD as u64,
+    libc::F_SETFD as u64,
+    libc::F_GETFL as u64,
+    libc::F_SETFL as u64,
+    libc::F_GETLK as u64,
+    libc::F_SETLK as u64,
+    libc::F_SETLKW as u64,
+    libc::F_OFD_GETLK as u64,
+    libc::F_OFD_SETLK as u64,
+    libc::F_OFD_SETLKW as u64,
+];
+
 /// prctl operations: thread names (tokio's workers) and anonymous mapping names.
 const PRCTLS: [u64; 3] = [libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64, libc::PR_SET_VMA as u64];
 
@@ -49,6 +68,7 @@ fn conditional(own_pid: u32) -> Result<Vec<(i64, Vec<SeccompRule>)>> {
         // tokio's signal driver wakes itself through an unnamed pair.
         (libc::SYS_socketpair, any_of(0, &[libc::AF_UNIX as u64])?),
         (libc::SYS_ioctl, any_of(1, &IOCTLS)?),
+        (libc::SYS_fcntl, any_of(1, &FCNTLS)?),
         (libc::SYS_prctl, any_of(0, &PRCTLS)?),
     ];
     rules.extend(sandbox::never_executable()?);
@@ -62,7 +82,7 @@ const ALLOWED: &[i64] = &[
     libc::SYS_read, libc::SYS_write, libc::SYS_readv, libc::SYS_writev, libc::SYS_pread64,
     libc::SYS_pwrite64, libc::SYS_preadv, libc::SYS_pwritev, libc::SYS_preadv2, libc::SYS_pwritev2,
     libc::SYS_lseek, libc::SYS_close, libc::SYS_openat, libc::SYS_newfstatat, libc::SYS_fstat,
-    libc::SYS_statx, libc::SYS_fstatfs, libc::SYS_statfs, libc::SYS_getdents64, libc::SYS_fcntl,
+    libc::SYS_statx, libc::SYS_fstatfs, libc::SYS_statfs, libc::SYS_getdents64,
     libc::SYS_dup, libc::SYS_dup3, libc::SYS_pipe2, libc::SYS_mkdirat,
     libc::SYS_unlinkat, libc::SYS_renameat, libc::SYS_renameat2, libc::SYS_linkat,
     libc::SYS_symlinkat, libc::SYS_readlinkat, libc::SYS_faccessat, libc::SYS_faccessat2,
@@ -113,6 +133,8 @@ mod tests {
     use crate::instance::privileges;
     use crate::shared::launch_plan::UserPlan;
 
+    /// fcntl's F_SETSIG (linux/fcntl.h), which the libc crate lacks.
+    const F_SETSIG: libc::c_int = 10;
     /// Set in the child process that performs the attacks.
     const ATTACKER: &str = "WASMLET_TEST_ATTACKER";
     /// The uid the child drops to, shared with a process it then attacks,
@@ -127,11 +149,21 @@ mod tests {
             libc::SYS_kill, libc::SYS_tgkill, libc::SYS_tkill, libc::SYS_clone, libc::SYS_clone3, libc::SYS_socket,
             libc::SYS_socketpair, libc::SYS_ioctl, libc::SYS_prlimit64, libc::SYS_mmap, libc::SYS_mprotect,
             libc::SYS_pkey_mprotect, libc::SYS_process_vm_readv, libc::SYS_execve, libc::SYS_prctl, libc::SYS_keyctl,
+            libc::SYS_fcntl,
         ];
         for nr in dangerous {
             assert!(!ALLOWED.contains(&nr), "syscall {nr} is allowed unconditionally");
         }
         assert_eq!(filters(1).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_pods_profile_knows_every_syscall_the_allowlist_mentions() {
+        let known: Vec<i64> = crate::shared::seccomp_profile::known().collect();
+        let mentioned = ALLOWED.iter().copied().chain(conditional(1).unwrap().into_iter().map(|(nr, _)| nr)).chain([libc::SYS_clone3]);
+        for nr in mentioned {
+            assert!(known.contains(&nr), "syscall {nr} is missing from shared/seccomp_profile.rs");
+        }
     }
 
     #[test]
@@ -153,12 +185,16 @@ mod tests {
     #[ignore = "runs in the child of after_the_drop_the_instance_reaches_nothing_but_itself"]
     fn attacks_after_the_drop() {
         let neighbour: i32 = std::env::var(ATTACKER).expect("run by its parent test").parse().unwrap();
-        privileges::drop_all(&UserPlan { uid: NOBODY, gid: NOBODY, additional_gids: vec![] }).unwrap();
+        let filters = privileges::filters(None).unwrap();
+        privileges::become_user(&UserPlan { uid: NOBODY, gid: NOBODY, additional_gids: vec![] }).unwrap();
+        // Undumpable after the change of user too (which may reset it).
+        assert!(!nix::sys::prctl::get_dumpable().unwrap());
+        privileges::confine(&filters).unwrap();
         // The errno of a failed call, read before the next call.
         let errno = |result: i64| if result == -1 { std::io::Error::last_os_error().raw_os_error() } else { None };
         // Safety for each call: plain syscalls with no memory passed but
         // constants; each is expected to fail.
-        let attacks: [(&str, i32, Option<i32>); 8] = [
+        let attacks: [(&str, i32, Option<i32>); 11] = [
             ("signal another process", libc::EPERM, errno(unsafe { libc::kill(neighbour, 0) } as i64)),
             ("set another process's rlimits", libc::EPERM, errno(unsafe { libc::syscall(libc::SYS_prlimit64, neighbour, libc::RLIMIT_NOFILE, 0, 0) })),
             ("create a user namespace", libc::EPERM, errno(unsafe { libc::unshare(libc::CLONE_NEWUSER) } as i64)),
@@ -169,6 +205,9 @@ mod tests {
                 libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ | libc::PROT_EXEC, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
             } as i64)),
             ("push input into a terminal", libc::EPERM, errno(unsafe { libc::ioctl(0, libc::TIOCSTI, c"x".as_ptr()) } as i64)),
+            ("direct a descriptor's signals at another process", libc::EPERM, errno(unsafe { libc::fcntl(0, libc::F_SETOWN, neighbour) } as i64)),
+            ("choose the signal a descriptor sends", libc::EPERM, errno(unsafe { libc::fcntl(0, F_SETSIG, libc::SIGKILL) } as i64)),
+            ("take a lease, which signals its holder", libc::EPERM, errno(unsafe { libc::fcntl(0, libc::F_SETLEASE, libc::F_RDLCK) } as i64)),
         ];
         for (attack, expected, got) in attacks {
             assert_eq!(got, Some(expected), "{attack}");
@@ -176,6 +215,7 @@ mod tests {
         // What the engine needs still works: itself, threads, IP sockets.
         assert_eq!(unsafe { libc::kill(std::process::id() as i32, 0) }, 0);
         assert!(std::thread::spawn(|| 7).join().is_ok());
+        assert!(unsafe { libc::fcntl(0, libc::F_GETFL) } >= 0, "read status flags: {}", std::io::Error::last_os_error());
         let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
         assert!(socket >= 0, "an IPv4 socket: {}", std::io::Error::last_os_error());
         println!("every attack refused");

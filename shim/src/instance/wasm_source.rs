@@ -1,4 +1,4 @@
-//! The plan's program, compiled: its bytes come from the rootfs (read
+//! The plan's program, compiled (not yet mapped): its bytes come from the rootfs (read
 //! through cap-std, so symlinks resolve inside it) or from the layer file
 //! in the node cache, and its cache key is the sha256 of the wasm.
 
@@ -12,18 +12,18 @@ use cap_std::fs::Dir;
 use sha2::{Digest, Sha256};
 
 use super::compiled_code::Outcome;
-use super::engine::{self, Kind, Program};
+use super::engine::{self, Compiled, Kind};
 use crate::shared::launch_plan::{LaunchPlan, ProgramSource};
 
 /// A layer is found by its digest alone, a module in the rootfs by the
 /// sha256 of its bytes, hashed on every start: an image's file attributes
 /// cannot vouch for its content.
-pub fn load(plan: &LaunchPlan, name: &str) -> Result<(Program, Outcome)> {
+pub fn fetch(plan: &LaunchPlan, name: &str) -> Result<(Compiled, Outcome)> {
     match &plan.program {
         ProgramSource::Rootfs { path } => {
             let wasm = read_in_rootfs(&plan.rootfs, path).with_context(|| format!("read {name}"))?;
             let key = hex::encode(Sha256::digest(&wasm));
-            engine::load(Kind::of(&wasm), &plan.cache, &key, || Ok(wasm), name, &plan.env)
+            engine::fetch(Kind::of(&wasm), &plan.cache, &key, || Ok(wasm), name)
         }
         ProgramSource::Layer { sha256, .. } => {
             let mut layer = plan.cache.open()?.open_layer(sha256)?;
@@ -33,7 +33,7 @@ pub fn load(plan: &LaunchPlan, name: &str) -> Result<(Program, Outcome)> {
                 layer.rewind().and_then(|()| layer.read_to_end(&mut wasm)).with_context(|| format!("read {name}"))?;
                 Ok(wasm)
             };
-            engine::load(kind, &plan.cache, sha256, read, name, &plan.env)
+            engine::fetch(kind, &plan.cache, sha256, read, name)
         }
     }
 }

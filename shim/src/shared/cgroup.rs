@@ -24,6 +24,29 @@ pub fn create_and_join(path: &str, resources: Option<&LinuxResources>, pid: u32)
         .with_context(|| format!("join cgroup {path}"))
 }
 
+/// Applies the spec's cpu part (shares, quota and period, cpuset) to an
+/// existing cgroup: an in-place update of a wasm container. Memory is not
+/// changed here (see `memory_limit_now`).
+pub fn update_cpu(path: &str, resources: &LinuxResources) -> Result<()> {
+    let hierarchy = hierarchies::auto();
+    let v2 = hierarchy.v2();
+    let cgroup = Cgroup::load(hierarchy, path);
+    if !cgroup.exists() {
+        anyhow::bail!("cgroup {path} is gone");
+    }
+    let cpu_only = Resources { cpu: to_limits(resources, v2).cpu, ..Resources::default() };
+    cgroup.apply(&cpu_only).with_context(|| format!("update the cpu limits of cgroup {path}"))
+}
+
+/// The memory limit the cgroup has now, in bytes; None for no limit.
+pub fn memory_limit_now(path: &str) -> Option<u64> {
+    let root = Path::new(CGROUP_ROOT);
+    let files = [root.join(path).join("memory.max"), root.join("memory").join(path).join("memory.limit_in_bytes")];
+    let text = files.iter().find_map(|file| std::fs::read_to_string(file).ok())?;
+    // v1 says "no limit" with the largest page-aligned i64.
+    text.trim().parse::<u64>().ok().filter(|limit| *limit < 1 << 62)
+}
+
 /// Whether the kernel's OOM killer has killed a process in the cgroup
 /// (the `oom_kill` count of memory.oom_control on v1, memory.events on v2).
 pub fn oom_killed(path: &str) -> bool {
@@ -88,7 +111,8 @@ fn to_limits(spec: &LinuxResources, v2: bool) -> Resources {
         };
     }
     if let Some(cpu) = spec.cpu() {
-        res.cpu.shares = cpu.shares();
+        // cgroups-rs writes `shares` as is into cpu.weight on v2.
+        res.cpu.shares = cpu.shares().filter(|s| *s > 0).map(|s| if v2 { cpu_weight(s) } else { s });
         res.cpu.quota = cpu.quota();
         res.cpu.period = cpu.period();
         res.cpu.cpus = cpu.cpus().clone();
@@ -100,6 +124,13 @@ fn to_limits(spec: &LinuxResources, v2: bool) -> Resources {
         res.pid.maximum_number_of_processes = Some(max);
     }
     res
+}
+
+/// cgroup v1 cpu shares [2, 262144] as v2's weight [1, 10000], as runc maps
+/// them (so `requests.cpu: 500m`, 512 shares, is weight 20, as in a runc
+/// container beside it).
+pub fn cpu_weight(shares: u64) -> u64 {
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
 }
 
 /// The memory limit in bytes, if the spec sets one.
@@ -145,6 +176,19 @@ mod tests {
         assert_eq!(to_limits(&res, true).memory.memory_swap_limit, Some(32 << 20));
         assert_eq!(to_limits(&res, false).memory.memory_swap_limit, Some(96 << 20));
         assert_eq!(to_limits(&res, false).pid.maximum_number_of_processes, Some(MaxValue::Max));
+    }
+
+    #[test]
+    fn cpu_shares_become_runcs_weight_on_v2_only() {
+        let cpu = |shares: u64| {
+            let cpu = oci_spec::runtime::LinuxCpuBuilder::default().shares(shares).build().unwrap();
+            LinuxResourcesBuilder::default().cpu(cpu).build().unwrap()
+        };
+        // requests.cpu 500m and 10: within cpu.weight's range on v2.
+        assert_eq!(to_limits(&cpu(512), true).cpu.shares, Some(20));
+        assert_eq!(to_limits(&cpu(10_240), true).cpu.shares, Some(391));
+        assert_eq!(to_limits(&cpu(512), false).cpu.shares, Some(512));
+        assert_eq!(to_limits(&cpu(262_144), true).cpu.shares, Some(10_000));
     }
 
     #[test]

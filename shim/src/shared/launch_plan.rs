@@ -13,6 +13,7 @@ use oci_spec::runtime::LinuxResources;
 use serde::{Deserialize, Serialize};
 
 use super::node_cache::NodeCache;
+use super::seccomp_profile::SeccompProfile;
 
 /// The shim binary's subcommand that runs an instance.
 pub const INSTANCE_COMMAND: &str = "instance";
@@ -49,6 +50,10 @@ pub struct LaunchPlan {
     pub cache: NodeCache,
     /// kubelet's termination-message file, when one is mounted.
     pub termination_message: Option<PathBuf>,
+    /// The pod's seccomp profile, installed beside the instance's own.
+    pub seccomp: Option<SeccompProfile>,
+    /// The pod's AppArmor profile, taken before the guest runs.
+    pub apparmor_profile: Option<String>,
 }
 
 /// Where the wasm comes from.

@@ -7,6 +7,8 @@ pub mod cgroup;
 pub mod compile_protocol;
 pub mod engine_config;
 pub mod launch_plan;
+pub mod mount_api;
 pub mod node_cache;
 pub mod sandbox;
+pub mod seccomp_profile;
 pub mod status_pipe;

@@ -27,6 +27,8 @@ use nix::unistd::{unlinkat, UnlinkatFlags};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::mount_api::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
+
 /// Where the cache lives unless configured otherwise.
 pub const DEFAULT_DIR: &str = "/var/lib/wasmlet/cache";
 /// How big the cache may grow unless configured otherwise.
@@ -100,6 +102,23 @@ fn beneath() -> ResolveFlag {
 }
 
 impl CacheDir {
+    /// The same directory through a read-only, detached copy of its mount
+    /// (needs CAP_SYS_ADMIN). A file opened through it cannot be reopened
+    /// for writing, nor truncated, through `/proc/PID/fd` or
+    /// `/proc/PID/map_files` of whoever holds it: the kernel answers EROFS
+    /// whatever the caller's uid or capabilities, so a process that can see
+    /// an instance cannot change the compiled code it maps, which every pod
+    /// of that module on the node shares.
+    pub fn read_only_view(&self) -> Result<CacheDir> {
+        let view = || -> nix::Result<OwnedFd> {
+            let tree = mount_api::clone_tree(self.fd.as_raw_fd(), c"", false)?;
+            mount_api::set_attributes(&tree, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, false)?;
+            Ok(tree)
+        };
+        let fd = view().with_context(|| format!("make a read-only view of {}", self.path.display()))?;
+        Ok(CacheDir { fd, path: self.path.clone(), max_bytes: self.max_bytes })
+    }
+
     /// The subdirectory `name`, made if missing.
     pub fn subdir(&self, name: &str) -> Result<CacheDir> {
         match mkdirat(&self.fd, name, Mode::from_bits_truncate(0o700)) {
@@ -291,12 +310,6 @@ fn random() -> u64 {
     // Safety: getrandom writes at most the buffer's length.
     unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     u64::from_ne_bytes(bytes)
-}
-
-/// A descriptor as the magic link that reopens exactly its file, for APIs
-/// that take a path (the host's /proc must be there).
-pub fn fd_path(file: &impl AsRawFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 #[cfg(test)]

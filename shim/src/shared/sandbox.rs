@@ -42,6 +42,15 @@ pub fn become_user(user: &UserPlan) -> Result<()> {
     Ok(())
 }
 
+/// Not dumpable: /proc/PID/fd, mem, environ, root and ptrace of this
+/// process are then open only to holders of CAP_SYS_PTRACE, not to every
+/// process of its user in its PID namespace (a root sidecar, a debug
+/// container). A change of user resets it, and execve sets it again, so
+/// call it after either.
+pub fn undumpable() -> Result<()> {
+    nix::sys::prctl::set_dumpable(false).context("make the process undumpable")
+}
+
 /// no_new_privs, then `filters` in order on every thread.
 pub fn confine(filters: &[BpfProgram]) -> Result<()> {
     nix::sys::prctl::set_no_new_privs().context("set no_new_privs")?;

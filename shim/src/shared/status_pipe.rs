@@ -20,6 +20,9 @@ pub struct Report {
     pub result: Result<(), String>,
 }
 
+/// The error of a report that ended without `ok` or `error`.
+pub const ENDED_SILENTLY: &str = "the instance process exited during setup without a report";
+
 /// The late message that tells an exit was for lack of memory.
 pub const OUT_OF_MEMORY: &str = "oom";
 
@@ -48,7 +51,7 @@ pub fn parse(stream: &str) -> Report {
             return Report { logs, pid, result: Err(format!("{first}{rest}").trim_end().to_string()) };
         }
     }
-    Report { logs, pid, result: Err("the instance process exited during setup without a report".into()) }
+    Report { logs, pid, result: Err(ENDED_SILENTLY.into()) }
 }
 
 #[cfg(test)]

@@ -17,6 +17,13 @@
 //!   opened as matched that checksum (this boot's memo in digests.rs spares
 //!   hashing a file whose identity did not change), and mapped from that
 //!   open file, not by its name again; one that does not match is rebuilt;
+//! - that file is opened through a read-only view of the cache's mount, so
+//!   nobody who can see the instance reopens it for writing through
+//!   `/proc/PID/fd` (EROFS, whatever their uid or capabilities): the pages
+//!   every pod of the module maps stay as verified;
+//! - it is mapped only by a process that holds no capability (`map`
+//!   refuses otherwise): were the compiler subverted, its code would run
+//!   with no more than the guest's own user;
 //! - [`Verified`] is the proof of all this: only [`lookup`] makes one, and
 //!   only it deserializes, into an engine of the same compilation settings
 //!   (wasmtime refuses others by their header).
@@ -36,7 +43,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Engine, Module};
 
-use crate::shared::node_cache::{fd_path, CacheDir, NodeCache};
+use super::own_proc::OwnProc;
+use crate::shared::node_cache::{CacheDir, NodeCache};
 use digests::Digests;
 
 /// How long a start waits for another's compile of the same wasm (a pod
@@ -69,9 +77,10 @@ pub struct Verified {
 pub fn lookup(cache: &NodeCache, engine: &Engine, key: &str, compile: impl FnOnce() -> Result<Vec<u8>>) -> Result<(Verified, Outcome)> {
     let root = cache.open()?;
     let dir = root.compiled(&engine_hash(engine))?;
+    let view = dir.read_only_view()?;
     let (artifact, checksum) = (format!("{key}.cwasm"), format!("{key}.sha256"));
     let digests = Digests::of_this_boot(&root);
-    if let Ok(Some(file)) = verify(&dir, &artifact, &checksum, &digests) {
+    if let Ok(Some(file)) = verify(&view, &artifact, &checksum, &digests) {
         return Ok(hit(&dir, file, &artifact, &checksum));
     }
     // Whoever holds the lock compiles; the others wait and then load.
@@ -79,7 +88,7 @@ pub fn lookup(cache: &NodeCache, engine: &Engine, key: &str, compile: impl FnOnc
         let why = format!("another start held the compile lock for {COMPILE_LOCK_WAIT:?}");
         return Ok((Verified::in_memory(&compile()?, dir.path_of(&artifact))?, Outcome::Uncached(why)));
     };
-    let outcome = match verify(&dir, &artifact, &checksum, &digests) {
+    let outcome = match verify(&view, &artifact, &checksum, &digests) {
         Ok(Some(file)) => return Ok(hit(&dir, file, &artifact, &checksum)),
         Ok(None) => Outcome::Rebuilt,
         Err(_) => Outcome::Miss,
@@ -93,7 +102,7 @@ pub fn lookup(cache: &NodeCache, engine: &Engine, key: &str, compile: impl FnOnc
     let stored = dir
         .write_atomically(&artifact, |file| file.write_all(&compiled))
         .and_then(|()| dir.write_atomically(&checksum, |file| file.write_all(digest.as_bytes())))
-        .and_then(|()| dir.open(&artifact).with_context(|| format!("open {}", dir.path_of(&artifact).display())));
+        .and_then(|()| view.open(&artifact).with_context(|| format!("open {}", dir.path_of(&artifact).display())));
     match stored {
         Ok(file) => {
             digests.remember(&file, &digest);
@@ -131,23 +140,32 @@ impl Verified {
     }
 
     /// Maps the entry as a core module of `engine` (`name` for errors).
-    pub fn module(&self, engine: &Engine, name: &str) -> Result<Module> {
+    pub fn module(&self, engine: &Engine, name: &str, proc: &OwnProc) -> Result<Module> {
         // Safety: see the module's contract; `self` proves the entry sound,
         // and its descriptor's magic link reopens exactly the file hashed.
-        self.map(name, |path| unsafe { Module::deserialize_file(engine, path) })
+        self.map(name, proc, |path| unsafe { Module::deserialize_file(engine, path) })
     }
 
     /// Maps the entry as a component of `engine` (`name` for errors).
-    pub fn component(&self, engine: &Engine, name: &str) -> Result<Component> {
+    pub fn component(&self, engine: &Engine, name: &str, proc: &OwnProc) -> Result<Component> {
         // Safety: as for `module`.
-        self.map(name, |path| unsafe { Component::deserialize_file(engine, path) })
+        self.map(name, proc, |path| unsafe { Component::deserialize_file(engine, path) })
     }
 
-    fn map<T>(&self, name: &str, deserialize: impl FnOnce(&Path) -> wasmtime::Result<T>) -> Result<T> {
-        deserialize(&fd_path(&self.file))
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("load compiled {name} from {}", self.shown.display()))
+    fn map<T>(&self, name: &str, proc: &OwnProc, deserialize: impl FnOnce(&Path) -> wasmtime::Result<T>) -> Result<T> {
+        let context = || format!("load compiled {name} from {}", self.shown.display());
+        holds_no_capability().with_context(context)?;
+        proc.with_fd_path(&self.file, deserialize)?.map_err(anyhow::Error::from).with_context(context)
     }
+}
+
+/// Compiled code is mapped only by a thread that holds no capability.
+fn holds_no_capability() -> Result<()> {
+    let held = caps::read(None, caps::CapSet::Permitted).context("read the capabilities held")?;
+    if !held.is_empty() {
+        anyhow::bail!("compiled code is mapped only once every capability is dropped, and {} are still held", held.len());
+    }
+    Ok(())
 }
 
 /// A short, stable name for the engine's compatibility hash.
@@ -223,13 +241,54 @@ mod tests {
         }
     }
 
+    /// Maps as the instance does, with no capability: in a thread of its
+    /// own that dropped them (capabilities are per thread).
+    fn map_module(verified: &Verified, engine: &Engine) -> Result<Module> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    caps::clear(None, caps::CapSet::Effective)?;
+                    caps::clear(None, caps::CapSet::Permitted)?;
+                    verified.module(engine, "m", &OwnProc::open()?)
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
     #[test]
     fn second_lookup_compiles_nothing_and_maps() {
         let f = Fixture::new();
         let (path, first) = f.lookup();
         assert_eq!(first, Outcome::Miss);
         assert_eq!(f.hit(), (path.clone(), Outcome::Hit));
-        f.verified().0.module(&f.engine, "m").unwrap();
+        map_module(&f.verified().0, &f.engine).unwrap();
+    }
+
+    #[test]
+    fn nothing_is_mapped_while_a_capability_is_held() {
+        let f = Fixture::new();
+        assert!(!caps::read(None, caps::CapSet::Permitted).unwrap().is_empty(), "the unit tests run as root");
+        let err = f.verified().0.module(&f.engine, "m", &OwnProc::open().unwrap()).unwrap_err();
+        assert!(format!("{err:#}").contains("mapped only once every capability is dropped"), "{err:#}");
+    }
+
+    #[test]
+    fn the_mapped_file_cannot_be_reopened_for_writing_through_proc() {
+        let f = Fixture::new();
+        let (verified, _) = f.verified();
+        let before = fs::read(&verified.shown).unwrap();
+        // What a root process beside the instance tries through /proc/PID/fd.
+        let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&verified.file));
+        for options in [fs::OpenOptions::new().append(true).clone(), fs::OpenOptions::new().write(true).truncate(true).clone()] {
+            let err = options.open(&link).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        }
+        let err = nix::unistd::truncate(link.as_str(), 0).unwrap_err();
+        assert_eq!(err, nix::errno::Errno::EROFS);
+        assert_eq!(fs::read(&verified.shown).unwrap(), before);
+        // The entry itself stays writable by the cache (root, by its name).
+        assert!(fs::OpenOptions::new().append(true).open(&verified.shown).is_ok());
     }
 
     #[test]
@@ -241,7 +300,7 @@ mod tests {
         let swap = verified.shown.with_extension("swap");
         fs::write(&swap, other).unwrap();
         fs::rename(&swap, &verified.shown).unwrap();
-        let module = verified.module(&f.engine, "m").unwrap();
+        let module = map_module(&verified, &f.engine).unwrap();
         assert!(module.get_export("_start").is_some() && module.get_export("other").is_none());
     }
 
@@ -313,7 +372,7 @@ mod tests {
         fs::create_dir(dir.path_of(&format!("{}.cwasm", f.key))).unwrap();
         let (verified, outcome) = f.verified();
         assert!(matches!(&outcome, Outcome::Uncached(why) if why.contains("could not store")), "{outcome:?}");
-        verified.module(&f.engine, "m").unwrap();
+        map_module(&verified, &f.engine).unwrap();
         assert!(fs::read_dir(dir.path_of(".")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().ends_with(".sha256")));
     }
 

@@ -9,11 +9,12 @@ mod module;
 
 use anyhow::{bail, Result};
 use wasmtime::component::Component;
-use wasmtime::Module;
+use wasmtime::{Engine, Module};
 use wasmtime_wasi::I32Exit;
 
 use super::compile;
-use super::compiled_code::{self, Outcome};
+use super::compiled_code::{self, Outcome, Verified};
+use super::own_proc::OwnProc;
 use crate::shared::node_cache::NodeCache;
 use guest::report_error;
 pub use guest::Guest;
@@ -41,26 +42,52 @@ pub enum ReadyGuest {
     Server(http::ReadyServer),
 }
 
-/// Loads the wasm of `kind` whose sha256 is `key` (shown as `name` in
-/// errors) from the cache of its kind's engine; on a miss, `read` gives its
-/// bytes to compile. A wasi:http handler is loaded for serving as the
-/// guest's environment `env` configures it.
-pub fn load(kind: Kind, cache: &NodeCache, key: &str, read: impl FnOnce() -> Result<Vec<u8>>, name: &str, env: &[String]) -> Result<(Program, Outcome)> {
+/// A program's compiled code, found in the node cache or compiled into it,
+/// open but not mapped.
+pub struct Compiled {
+    kind: Kind,
+    engine: Engine,
+    verified: Verified,
+}
+
+/// Finds the compiled code of the wasm of `kind` whose sha256 is `key`
+/// (shown as `name` in errors) in the cache of its kind's engine; on a
+/// miss, `read` gives its bytes to the compiler process. Runs while the
+/// instance is still outside the pod: the compiler is no process the pod
+/// can see.
+pub fn fetch(kind: Kind, cache: &NodeCache, key: &str, read: impl FnOnce() -> Result<Vec<u8>>, name: &str) -> Result<(Compiled, Outcome)> {
     let engine = new_engine(kind)?;
     let (verified, outcome) = compiled_code::lookup(cache, &engine, key, || compile::compile(kind, &read()?, name))?;
-    let program = match kind {
-        Kind::Component => {
-            let component = verified.component(&engine, name)?;
-            if http::exports_handler(&engine, &component) {
-                // Its own engine, while the cache is still reachable.
-                Program::Handler(http::Handler::load(&verified, name, env)?)
-            } else {
-                Program::Component(component)
+    Ok((Compiled { kind, engine, verified }, outcome))
+}
+
+/// A component may turn out to be a wasi:http handler, served by a pool
+/// of its own, which is made while the host's /proc is there (see
+/// `http::Pool`); or the guest's environment's error about its settings.
+pub type ServingPool = Option<Result<http::Pool>>;
+
+impl Compiled {
+    pub fn serving_pool(&self, env: &[String]) -> ServingPool {
+        (self.kind == Kind::Component).then(|| http::Pool::new(env))
+    }
+
+    /// Maps the compiled code, once every privilege is gone (it is refused
+    /// before: see compiled_code). A component that exports the wasi:http
+    /// handler is mapped again into its serving pool.
+    pub fn load(self, pool: ServingPool, name: &str, proc: &OwnProc) -> Result<Program> {
+        let Compiled { kind, engine, verified } = self;
+        Ok(match (kind, pool) {
+            (Kind::Component, Some(pool)) => {
+                let component = verified.component(&engine, name, proc)?;
+                if http::exports_handler(&engine, &component) {
+                    Program::Handler(http::Handler::load(pool?, &verified, name, proc)?)
+                } else {
+                    Program::Component(component)
+                }
             }
-        }
-        Kind::Module => Program::Module(verified.module(&engine, name)?),
-    };
-    Ok((program, outcome))
+            _ => Program::Module(verified.module(&engine, name, proc)?),
+        })
+    }
 }
 
 /// Instantiates the program with WASI; every linking problem surfaces here,

@@ -28,6 +28,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use super::guest::{report_error, Guest};
 use crate::shared::engine_config::{engine_config, Kind};
 use crate::instance::compiled_code::Verified;
+use crate::instance::own_proc::OwnProc;
 use budget::Budget;
 use epoch::Clock;
 use request::{respond, Server, Template};
@@ -51,8 +52,28 @@ pub fn exports_handler(engine: &Engine, component: &Component) -> bool {
     component.component_type().exports(engine).any(|(name, _)| name.starts_with(HANDLER))
 }
 
-/// A handler's compiled component in an engine of its own, with a pool of
-/// instance slots sized by the settings.
+/// A pooling engine (compiled code does not depend on the allocator) and
+/// the settings from the guest's environment, made while the host's /proc
+/// is there: the engine opens /proc/self/pagemap, and the worker count
+/// defaults to the cgroup's CPU quota.
+pub struct Pool {
+    engine: Engine,
+    settings: Settings,
+    workers: usize,
+}
+
+impl Pool {
+    /// A bad setting in the guest's environment `env` is an error here.
+    pub fn new(env: &[String]) -> Result<Pool> {
+        let settings = Settings::from_env(env)?;
+        let engine = pooling_engine(settings.concurrency)?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = settings.workers.unwrap_or(cpus);
+        Ok(Pool { engine, settings, workers })
+    }
+}
+
+/// A handler's compiled component in its pool's engine.
 pub struct Handler {
     component: Component,
     settings: Settings,
@@ -60,17 +81,9 @@ pub struct Handler {
 }
 
 impl Handler {
-    /// Maps the compiled component into a pooling engine (compiled code does
-    /// not depend on the allocator); a bad setting in the guest's
-    /// environment `env` is an error here.
-    pub fn load(compiled: &Verified, name: &str, env: &[String]) -> Result<Handler> {
-        let settings = Settings::from_env(env)?;
-        let engine = pooling_engine(settings.concurrency)?;
-        let component = compiled.component(&engine, name)?;
-        // Read while the host's /proc is still there: the cgroup's CPU quota.
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = settings.workers.unwrap_or(cpus);
-        Ok(Handler { component, settings, workers })
+    pub fn load(pool: Pool, compiled: &Verified, name: &str, proc: &OwnProc) -> Result<Handler> {
+        let component = compiled.component(&pool.engine, name, proc)?;
+        Ok(Handler { component, settings: pool.settings, workers: pool.workers })
     }
 }
 
