@@ -59,11 +59,15 @@ impl Layout {
     }
 }
 
-/// What the `wasmlet` handler says: its runtime type and, when the install
-/// has runtime options, the file that holds them (containerd 1.6 passes a
-/// shim only a file name, so a file works on every version).
+/// What the `wasmlet` handler says: its runtime type, the shim by its
+/// absolute path (containerd 1.6 and later take `runtime_path`, so the
+/// shim need not be on containerd's PATH, which is read-only on nodes such
+/// as Flatcar or Bottlerocket) and, when the install has runtime options,
+/// the file that holds them (containerd 1.6 passes a shim only a file
+/// name, so a file works on every version).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    pub shim: String,
     pub options_file: Option<String>,
 }
 
@@ -71,6 +75,7 @@ impl Entry {
     fn table(&self) -> Table {
         let mut table = Table::new();
         table.insert("runtime_type", value(RUNTIME_TYPE));
+        table.insert("runtime_path", value(self.shim.as_str()));
         if let Some(path) = &self.options_file {
             let mut options = Table::new();
             options.insert("ConfigPath", value(path.as_str()));
@@ -207,8 +212,10 @@ root = "/var/lib/containerd"
       SystemdCgroup = true   # kubelet uses systemd
 "#;
 
+    const SHIM: &str = "/opt/wasmlet/bin/containerd-shim-wasmlet-v1";
+
     fn plain() -> Entry {
-        Entry { options_file: None }
+        Entry { shim: SHIM.into(), options_file: None }
     }
 
     #[test]
@@ -218,7 +225,7 @@ root = "/var/lib/containerd"
         let v1 = plain().add_to("oom_score = 0\n", "c").unwrap();
         assert!(v1.contains("[plugins.cri.containerd.runtimes.wasmlet]"), "{v1}");
         let v2 = plain().add_to(V2_WITH_COMMENTS, "c").unwrap();
-        assert!(v2.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmlet]\nruntime_type = \"io.containerd.wasmlet.v1\"\n"), "{v2}");
+        assert!(v2.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmlet]\nruntime_type = \"io.containerd.wasmlet.v1\"\nruntime_path = \"/opt/wasmlet/bin/containerd-shim-wasmlet-v1\"\n"), "{v2}");
     }
 
     #[test]
@@ -233,7 +240,7 @@ root = "/var/lib/containerd"
     fn a_second_add_changes_nothing_and_new_options_replace_old_ones() {
         let once = plain().add_to(V2_WITH_COMMENTS, "c").unwrap();
         assert_eq!(plain().add_to(&once, "c").unwrap(), once);
-        let with_options = Entry { options_file: Some("/opt/wasmlet/options.toml".into()) };
+        let with_options = Entry { shim: SHIM.into(), options_file: Some("/opt/wasmlet/options.toml".into()) };
         let twice = with_options.add_to(&once, "c").unwrap();
         assert!(twice.contains("ConfigPath = \"/opt/wasmlet/options.toml\""), "{twice}");
         assert_eq!(twice.matches("runtimes.wasmlet]").count(), 1, "{twice}");
@@ -256,9 +263,9 @@ root = "/var/lib/containerd"
     fn entry_text_for_drop_ins_and_templates() {
         assert_eq!(
             plain().text(Layout::V2, true),
-            "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmlet]\nruntime_type = \"io.containerd.wasmlet.v1\"\n"
+            "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmlet]\nruntime_type = \"io.containerd.wasmlet.v1\"\nruntime_path = \"/opt/wasmlet/bin/containerd-shim-wasmlet-v1\"\n"
         );
-        let with_options = Entry { options_file: Some("/o.toml".into()) }.text(Layout::V3, false);
+        let with_options = Entry { shim: SHIM.into(), options_file: Some("/o.toml".into()) }.text(Layout::V3, false);
         assert!(with_options.ends_with(".wasmlet.options]\nConfigPath = \"/o.toml\"\n"), "{with_options}");
     }
 

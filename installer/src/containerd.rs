@@ -45,18 +45,21 @@ fn wait_serving(host: &Host, socket: &str, timeout: Duration) -> Result<()> {
     }
 }
 
-/// The major version of the host's containerd, from `containerd --version`
-/// ("containerd github.com/containerd/containerd v1.7.24 ...").
-pub fn major_version(host: &Host) -> Result<u64> {
+/// The (major, minor) version of the host's containerd, from `containerd
+/// --version` ("containerd github.com/containerd/containerd v1.7.24 ...").
+pub fn version(host: &Host) -> Result<(u64, u64)> {
     let output = host.run("containerd", &["--version"])?;
     let text = String::from_utf8_lossy(&output.stdout);
-    parse_major(&text).with_context(|| format!("`containerd --version` printed no version: {}", text.trim()))
+    parse_version(&text).with_context(|| format!("`containerd --version` printed no version: {}", text.trim()))
 }
 
-fn parse_major(text: &str) -> Option<u64> {
-    text.split_whitespace()
-        .skip(1)
-        .find_map(|word| word.trim_start_matches('v').split('.').next()?.parse().ok().filter(|_| word.contains('.')))
+fn parse_version(text: &str) -> Option<(u64, u64)> {
+    text.split_whitespace().skip(1).find_map(|word| {
+        let mut parts = word.trim_start_matches('v').split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()?;
+        Some((major, minor))
+    })
 }
 
 #[cfg(test)]
@@ -64,10 +67,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_major_version_of_each_packaging() {
-        assert_eq!(parse_major("containerd github.com/containerd/containerd v1.7.24 88bf19b2"), Some(1));
-        assert_eq!(parse_major("containerd containerd.io 2.1.9 abc"), Some(2));
-        assert_eq!(parse_major("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1"), Some(1));
-        assert_eq!(parse_major("no version here"), None);
+    fn reads_the_version_of_each_packaging() {
+        assert_eq!(parse_version("containerd github.com/containerd/containerd v1.7.24 88bf19b2"), Some((1, 7)));
+        assert_eq!(parse_version("containerd containerd.io 2.1.9 abc"), Some((2, 1)));
+        assert_eq!(parse_version("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+b1"), Some((1, 6)));
+        assert_eq!(parse_version("no version here"), None);
     }
 }

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use tracing::info;
 
 use crate::host::Host;
-use crate::install::SHIM_PATH;
+use crate::state::SHIM_PATH;
 
 /// How often the wait says what it waits for.
 const REPORT_EVERY: Duration = Duration::from_secs(10);

@@ -1,7 +1,7 @@
 //! Installing wasmlet on one node and removing it again: the shim under
-//! /opt/wasmlet, its link on containerd's PATH, the `wasmlet` runtime in
-//! containerd's config, and a restart of containerd only when one of them
-//! changed.
+//! /opt/wasmlet, the `wasmlet` runtime in containerd's config naming it by
+//! that path (and, for containerd 1.6 alone, a link on its PATH), and a
+//! restart of containerd only when one of them changed.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,14 +15,16 @@ use crate::distro::{ConfigKind, Distribution, Node};
 use crate::drain;
 use crate::host::{digest, file_digest, Host};
 use crate::node_check::{self, CgroupDriver};
-use crate::state::{State, INSTALL_DIR};
+use crate::restart_slots::RestartSlots;
+use crate::state::{State, INSTALL_DIR, SHIM_NAME, SHIM_PATH};
 use crate::template;
 
-pub const SHIM_NAME: &str = "containerd-shim-wasmlet-v1";
-pub const SHIM_PATH: &str = "/opt/wasmlet/bin/containerd-shim-wasmlet-v1";
 const OPTIONS_PATH: &str = "/opt/wasmlet/options.toml";
-/// The shim's link: /usr/local/bin is on containerd's PATH under systemd
-/// (its default PATH) in every distribution wasmlet supports.
+/// The shim's link on containerd's PATH (/usr/local/bin is on it under
+/// systemd): made for containerd 1.6, which ignores runtime_path when it
+/// starts a pod's sandbox (and, where it can be, for a containerd whose
+/// version the host's PATH does not tell); removed where a containerd of
+/// 1.7 or later needs none.
 const LINK: &str = "/usr/local/bin/containerd-shim-wasmlet-v1";
 
 pub struct Settings {
@@ -34,6 +36,8 @@ pub struct Settings {
     pub shim: PathBuf,
     /// How long containerd may take to serve again after a restart.
     pub restart_timeout: Duration,
+    /// The cluster's restart slots: None restarts at once.
+    pub restart_slots: Option<RestartSlots>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -90,7 +94,7 @@ fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>
         None => false,
     };
     let previous = previous.filter(|state| state.config == node.config);
-    let entry = Entry { options_file: (!options.is_empty()).then(|| OPTIONS_PATH.to_string()) };
+    let entry = Entry { shim: SHIM_PATH.to_string(), options_file: (!options.is_empty()).then(|| OPTIONS_PATH.to_string()) };
     let current = host.read(&node.config)?;
     let desired = desired_config(host, node, current.as_deref(), &entry, previous.is_some())?;
     let state = State {
@@ -106,7 +110,17 @@ fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>
 
     let shim_changed = install_shim(host, settings)?;
     install_options(host, &options)?;
-    install_link(host)?;
+    match containerd::version(host) {
+        Ok(version) if version >= (1, 7) => remove_link(host),
+        Ok(_) => install_link(host)?,
+        // A containerd the distribution bundles, off the host's PATH: a
+        // 1.6 among them would need the link, a newer one not.
+        Err(_) => {
+            if let Err(err) = install_link(host) {
+                warn!("no link on containerd's PATH (containerd 1.7 or later needs none): {err:#}");
+            }
+        }
+    }
     if current.as_deref() != Some(desired.as_str()) {
         host.write(&node.config, desired.as_bytes(), 0o644)?;
         config_changed = true;
@@ -122,7 +136,7 @@ fn apply(host: &Host, settings: &Settings, node: &Node, previous: Option<&State>
         }
         _ => {}
     }
-    containerd::restart(host, node, settings.restart_timeout)?;
+    restart_containerd(host, node, settings)?;
     info!("wasmlet installed; containerd serves with the wasmlet runtime");
     Ok(Outcome::Restarted)
 }
@@ -195,7 +209,7 @@ fn desired_config(host: &Host, node: &Node, current: Option<&str>, entry: &Entry
                 return entry.add_to(text, &node.config);
             }
             // Nothing in it says which config version this containerd reads.
-            let layout = Layout::for_containerd_major(containerd::major_version(host)?);
+            let layout = Layout::for_containerd_major(containerd::version(host)?.0);
             let separator = if text.is_empty() || text.ends_with('\n') { "" } else { "\n" };
             Ok(format!("{text}{separator}{}", entry.text(layout, true)))
         }
@@ -242,11 +256,31 @@ fn install_link(host: &Host) -> Result<()> {
     if host.path(LINK).symlink_metadata().is_ok() {
         bail!("{LINK} exists and is not wasmlet's link to {SHIM_PATH}: remove it, or uninstall the other {SHIM_NAME}");
     }
-    host.symlink(SHIM_PATH, LINK)
+    host.symlink(SHIM_PATH, LINK).with_context(|| {
+        format!("containerd 1.6 ignores runtime_path when it starts a pod's sandbox, so it needs the shim on its PATH; upgrade containerd to 1.7 or later where {LINK} cannot be written")
+    })
+}
+
+/// Removes the link where it is wasmlet's (an install for containerd 1.6,
+/// or one from before runtime_path) and /usr can be written; where it
+/// cannot, the link stays, harmless: it names the same shim.
+fn remove_link(host: &Host) {
+    if host.links_to(LINK, SHIM_PATH) {
+        if let Err(err) = host.remove_file(LINK) {
+            warn!("leaving wasmlet's {LINK} in place: {err:#}");
+        }
+    }
+}
+
+/// Restarts containerd once this node holds a restart slot, if the cluster
+/// counts them, and gives the slot back when containerd serves again.
+fn restart_containerd(host: &Host, node: &Node, settings: &Settings) -> Result<()> {
+    let _slot = settings.restart_slots.as_ref().map(RestartSlots::acquire).transpose()?;
+    containerd::restart(host, node, settings.restart_timeout)
 }
 
 /// Removes what the install added: the config returns to its text from
-/// before the install, the link and /opt/wasmlet go, and containerd is
+/// before the install, /opt/wasmlet goes (and an older install's link), and containerd is
 /// restarted if its config changed.
 pub fn uninstall(host: &Host, settings: &Settings) -> Result<Outcome> {
     let Some(state) = State::load(host)? else {
@@ -255,12 +289,10 @@ pub fn uninstall(host: &Host, settings: &Settings) -> Result<Outcome> {
     };
     info!(distribution = %state.distribution, config = state.config, "removing wasmlet");
     let config_changed = restore_config(host, &state)?;
-    if host.links_to(LINK, SHIM_PATH) {
-        host.remove_file(LINK)?;
-    }
+    remove_link(host);
     if config_changed {
         let node = state.distribution.node(host).context("find how to restart containerd")?;
-        containerd::restart(host, &node, settings.restart_timeout)?;
+        restart_containerd(host, &node, settings)?;
     }
     host.remove_dir_all(INSTALL_DIR)?;
     info!("wasmlet removed");

@@ -1,6 +1,7 @@
 //! The few Kubernetes API calls the installer makes, with the pod's service
-//! account: label or unlabel its node, and (the uninstall hook) switch the
-//! installer DaemonSet to uninstall and watch the labels go.
+//! account: label or unlabel its node, take and give back a restart slot
+//! (a Lease), and (the uninstall hook) switch the installer DaemonSet to
+//! uninstall and watch the labels go.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,6 +81,35 @@ impl Kube {
         Ok(items.iter().filter_map(|node| node["metadata"]["name"].as_str().map(String::from)).collect())
     }
 
+    /// The Lease `name`, or None if there is none.
+    pub fn get_lease(&self, namespace: &str, name: &str) -> Result<Option<Value>> {
+        let response = self
+            .agent
+            .get(format!("{}{}/{name}", self.base, leases(namespace)))
+            .header("Authorization", format!("Bearer {}", self.token))
+            .call()
+            .with_context(|| format!("read Lease {namespace}/{name}"))?;
+        if response.status() == 404 {
+            return Ok(None);
+        }
+        json_of(response).map(Some).with_context(|| format!("read Lease {namespace}/{name}"))
+    }
+
+    /// Creates `lease`; Conflict when it exists already.
+    pub fn create_lease(&self, namespace: &str, lease: &Value) -> Result<Written> {
+        let request = self.agent.post(format!("{}{}", self.base, leases(namespace)));
+        let response = request.header("Authorization", format!("Bearer {}", self.token)).content_type("application/json").send(lease.to_string())?;
+        written(response).context("create a Lease")
+    }
+
+    /// Replaces the Lease `name` with `lease`, whose resourceVersion must
+    /// still be the Lease's: Conflict when it changed since it was read.
+    pub fn update_lease(&self, namespace: &str, name: &str, lease: &Value) -> Result<Written> {
+        let request = self.agent.put(format!("{}{}/{name}", self.base, leases(namespace)));
+        let response = request.header("Authorization", format!("Bearer {}", self.token)).content_type("application/json").send(lease.to_string())?;
+        written(response).with_context(|| format!("update Lease {namespace}/{name}"))
+    }
+
     fn merge_patch(&self, path: &str, patch: &Value) -> Result<()> {
         let response = self
             .agent
@@ -89,6 +119,23 @@ impl Kube {
             .send(patch.to_string())?;
         json_of(response).map(drop)
     }
+}
+
+/// Whether a create or update was made, or another writer came first.
+pub enum Written {
+    Done,
+    Conflict,
+}
+
+fn leases(namespace: &str) -> String {
+    format!("/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases")
+}
+
+fn written(response: ureq::http::Response<ureq::Body>) -> Result<Written> {
+    if response.status() == 409 {
+        return Ok(Written::Conflict);
+    }
+    json_of(response).map(|_| Written::Done)
 }
 
 /// The JSON body of a 2xx answer, or an error with the API's message.

@@ -11,6 +11,7 @@ mod host;
 mod install;
 mod kube;
 mod node_check;
+mod restart_slots;
 mod state;
 mod template;
 
@@ -18,14 +19,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::host::Host;
-use crate::install::{Settings, SHIM_NAME};
+use crate::install::Settings;
+use crate::restart_slots::RestartSlots;
+use crate::state::SHIM_NAME;
 use crate::kube::Kube;
 
 /// The label's value on a node ready for wasm pods (the RuntimeClass's
@@ -81,6 +84,17 @@ struct NodeArgs {
     /// The label that marks a node ready for wasm pods.
     #[arg(long, env = "WASMLET_NODE_LABEL", default_value = "wasmlet.dev/installed")]
     label: String,
+    /// The Leases that bound how many nodes restart containerd at once are
+    /// named PREFIX-0, PREFIX-1...; without a prefix (or a node name) this
+    /// node restarts whenever it needs to.
+    #[arg(long, env = "WASMLET_RESTART_LEASES")]
+    restart_leases: Option<String>,
+    /// How many nodes of the cluster may restart containerd at once.
+    #[arg(long, env = "WASMLET_MAX_CONCURRENT_RESTARTS", default_value_t = 1)]
+    max_concurrent_restarts: u32,
+    /// The namespace of the Leases: the installer pod's.
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
     /// After the work, wait for SIGTERM: a DaemonSet's container must keep running.
     #[arg(long)]
     stay: bool,
@@ -216,7 +230,26 @@ impl NodeArgs {
             None => std::env::current_exe().context("find this binary")?.with_file_name(SHIM_NAME),
         };
         let restart_timeout = Duration::from_secs(self.restart_timeout);
-        Ok((host, Settings { distribution, options, shim, restart_timeout }))
+        let restart_slots = self.restart_slots(restart_timeout)?;
+        Ok((host, Settings { distribution, options, shim, restart_timeout, restart_slots }))
+    }
+
+    /// The cluster's restart slots, when the chart names them.
+    fn restart_slots(&self, restart_timeout: Duration) -> Result<Option<RestartSlots>> {
+        let (Some(prefix), Some(node)) = (&self.restart_leases, &self.node_name) else { return Ok(None) };
+        if self.max_concurrent_restarts == 0 {
+            bail!("--max-concurrent-restarts must be at least 1");
+        }
+        let namespace = self.namespace.clone().context("the restart Leases need the pod's namespace (POD_NAMESPACE)")?;
+        Ok(Some(RestartSlots {
+            kube: Kube::in_cluster()?,
+            namespace,
+            prefix: prefix.clone(),
+            slots: self.max_concurrent_restarts,
+            holder: node.clone(),
+            // A restart that takes longer has failed; the margin covers clocks.
+            hold: restart_timeout + Duration::from_secs(60),
+        }))
     }
 
     fn node_label(&self) -> Result<Option<NodeLabel>> {

@@ -9,6 +9,10 @@ use crate::host::Host;
 
 /// wasmlet's directory on the host: the shim, its options, this record.
 pub const INSTALL_DIR: &str = "/opt/wasmlet";
+/// The shim's name, and where it is installed: containerd's config names
+/// it by this path.
+pub const SHIM_NAME: &str = "containerd-shim-wasmlet-v1";
+pub const SHIM_PATH: &str = "/opt/wasmlet/bin/containerd-shim-wasmlet-v1";
 const STATE_FILE: &str = "/opt/wasmlet/state.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

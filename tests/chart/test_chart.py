@@ -5,6 +5,7 @@ default values and some variants; what the manifests say checked against
 what the installer reads; and the node policy's CEL evaluated (cel-python)
 against the requests an installer, or root on its node, could make."""
 
+import copy
 import json
 import os
 import re
@@ -36,7 +37,7 @@ VARIANTS = {
         "priorityClassName": "system-node-critical",
         "resources": {"requests": {"cpu": "50m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%"}},
-        "installer": {"distribution": "k3s", "restartTimeoutSeconds": 300, "logLevel": "debug",
+        "installer": {"distribution": "k3s", "restartTimeoutSeconds": 300, "logLevel": "debug", "maxConcurrentRestarts": 3,
                       "nodeLabel": "example.com/wasm-ready",
                       "runtimeOptions": {"SystemdCgroup": False, "CacheMaxBytes": 1073741824}},
         "runtimeClass": {"name": "wasm", "overhead": {"podFixed": {"cpu": "10m", "memory": "8Mi"}}},
@@ -122,14 +123,50 @@ def test_the_daemonset_runs_the_installer_on_every_chosen_node(variant):
     assert json.loads(env["WASMLET_RUNTIME_OPTIONS"]) == installer.get("runtimeOptions", {})
     assert env["WASMLET_DISTRIBUTION"] == installer.get("distribution", "auto")
     assert env["WASMLET_NODE_LABEL"] == installer.get("nodeLabel", "wasmlet.dev/installed")
+    assert env["WASMLET_MAX_CONCURRENT_RESTARTS"] == str(installer.get("maxConcurrentRestarts", 1))
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert daemonset["spec"]["updateStrategy"] == values.get(
         "updateStrategy", {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}})
     assert pod["nodeSelector"] == values.get("nodeSelector", {"kubernetes.io/os": "linux"})
     assert pod.get("tolerations", []) == values.get("tolerations", [])
+    # The user's affinity, each required term also asking for the image's architectures.
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    user_terms = (values.get("affinity", {}).get("nodeAffinity", {})
+                  .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", [{}]))
+    architectures = values.get("image", {}).get("architectures", ["amd64"])
+    assert terms == [{"matchExpressions": term.get("matchExpressions", []) + [
+        {"key": "kubernetes.io/arch", "operator": "In", "values": architectures}]} for term in user_terms]
     image = values.get("image", {})
     assert container["image"] == f"{image.get('repository', 'ghcr.io/wasmlet/wasmlet-installer')}:{image.get('tag', '0.1.0')}"
     assert container["resources"] == values.get("resources", {
         "requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "128Mi"}})
+
+
+def schedulable(pod, labels):
+    """Whether the pod's nodeSelector and required node affinity take a node
+    with these labels (In, NotIn and Exists, as the chart uses them)."""
+    if any(labels.get(key) != value for key, value in pod.get("nodeSelector", {}).items()):
+        return False
+    required = pod.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    if not required:
+        return True
+    holds = {"In": lambda e: labels.get(e["key"]) in e["values"], "NotIn": lambda e: labels.get(e["key"]) not in e["values"],
+             "Exists": lambda e: e["key"] in labels}
+    return any(all(holds[e["operator"]](e) for e in term.get("matchExpressions", [])) for term in required["nodeSelectorTerms"])
+
+
+@pytest.mark.parametrize("values", [{}, {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+    "nodeSelectorTerms": [{"matchExpressions": [{"key": "pool", "operator": "In", "values": ["edge"]}]},
+                          {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["core"]}]}]}}}}])
+def test_the_installer_runs_only_on_nodes_of_an_architecture_it_has_a_build_for(values):
+    docs, _ = render("wasmlet", values)
+    pod = by_kind(docs)["DaemonSet"][0]["spec"]["template"]["spec"]
+    for pool in ("edge", "core"):
+        amd64 = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "pool": pool}
+        assert schedulable(pod, amd64), (pool, pod["affinity"])
+        assert not schedulable(pod, dict(amd64, **{"kubernetes.io/arch": "arm64"})), (pool, pod["affinity"])
+    if values:
+        assert not schedulable(pod, {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", "pool": "other"})
 
 
 def test_the_installer_reads_every_variable_the_chart_sets(variant):
@@ -176,8 +213,18 @@ def test_the_installer_and_the_uninstall_hook_have_separate_narrow_accounts(vari
     assert hook == f"{name}-uninstall" and hook != installer
     created = {a["metadata"]["name"] for a in kinds["ServiceAccount"]}
     assert created == ({installer, hook} if values.get("serviceAccount", {}).get("create", True) else {hook})
-    # The installer: its nodes only (the policy below narrows the patch); no DaemonSet.
-    assert account_rules(kinds, installer) == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    # The installer: its nodes only (the policy below narrows the patch), its
+    # restart slots (Leases); no DaemonSet.
+    slots = values.get("installer", {}).get("maxConcurrentRestarts", 1)
+    prefix = next(e["value"] for e in daemonset["spec"]["template"]["spec"]["containers"][0]["env"]
+                  if e["name"] == "WASMLET_RESTART_LEASES")
+    assert prefix == f"{name}-restart"
+    assert account_rules(kinds, installer) == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+         "resourceNames": [f"{prefix}-{slot}" for slot in range(slots)], "verbs": ["get", "update"]},
+    ]
     # The hook: read nodes, patch this DaemonSet alone.
     assert account_rules(kinds, hook) == [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list"]},
@@ -194,19 +241,20 @@ def test_the_installer_and_the_uninstall_hook_have_separate_narrow_accounts(vari
     assert not all(hook_labels.get(k) == v for k, v in selector.items())
 
 
-class NodePolicy:
-    """The chart's ValidatingAdmissionPolicy, evaluated as the API server would."""
+class Policy:
+    """One of the chart's ValidatingAdmissionPolicies (by its name's end),
+    evaluated as the API server would."""
 
-    def __init__(self, kinds):
-        (self.policy,) = kinds["ValidatingAdmissionPolicy"]
-        (self.binding,) = kinds["ValidatingAdmissionPolicyBinding"]
+    def __init__(self, kinds, suffix):
+        (self.policy,) = [p for p in kinds["ValidatingAdmissionPolicy"] if p["metadata"]["name"].endswith(suffix)]
+        (self.binding,) = [b for b in kinds["ValidatingAdmissionPolicyBinding"] if b["metadata"]["name"].endswith(suffix)]
         self.environment = celpy.Environment()
 
     def _evaluate(self, expression, activation):
         return self.environment.program(self.environment.compile(expression)).evaluate(activation)
 
     def allows(self, username, node_name, old, new, sub_resource=""):
-        """Whether a node UPDATE by `username` (whose token is bound to a pod
+        """Whether an UPDATE by `username` (whose token is bound to a pod
         on `node_name`) from `old` to `new` is let through."""
         request = {"userInfo": {"username": username, "extra": {"authentication.kubernetes.io/node-name": [node_name]}},
                    "subResource": sub_resource}
@@ -227,7 +275,7 @@ def node(name, labels, taints=()):
 
 def test_the_node_policy_holds_the_installer_to_its_own_node_and_label(variant):
     _, release, values, kinds, _ = variant
-    policy = NodePolicy(kinds)
+    policy = Policy(kinds, "-installer-nodes")
     (daemonset,) = kinds["DaemonSet"]
     installer = values.get("serviceAccount", {}).get("name") or daemonset["metadata"]["name"]
     account = f"system:serviceaccount:{NAMESPACE}:{installer}"
@@ -248,8 +296,74 @@ def test_the_node_policy_holds_the_installer_to_its_own_node_and_label(variant):
     changed["metadata"]["annotations"]["x"] = "y"
     assert not policy.allows(account, "a", plain, changed), "an annotation"
     assert not policy.allows(account, "a", plain, labelled, sub_resource="status"), "the status"
+    # An owner the garbage collector would follow to delete the node, or a
+    # finalizer that keeps it from ever going.
+    owned = node("a", {**base, label: "true"})
+    owned["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": "installer-x", "uid": "1"}]
+    assert not policy.allows(account, "a", plain, owned), "an owner"
+    held = node("a", {**base, label: "true"})
+    held["metadata"]["finalizers"] = ["example.com/never"]
+    assert not policy.allows(account, "a", plain, held), "a finalizer"
     # Anyone else is not this policy's business.
     assert policy.allows("system:node:a", "a", plain, node("a", {"team": "red"}))
+
+
+def test_the_uninstall_hook_may_only_switch_the_daemonset_to_uninstall(variant):
+    _, release, values, kinds, _ = variant
+    policy = Policy(kinds, "-uninstall-daemonset")
+    (daemonset,) = kinds["DaemonSet"]
+    name = daemonset["metadata"]["name"]
+    hook = f"system:serviceaccount:{NAMESPACE}:{name}-uninstall"
+    assert policy.binding["spec"] == {"policyName": policy.policy["metadata"]["name"], "validationActions": ["Deny"]}
+    assert policy.policy["spec"]["failurePolicy"] == "Fail"
+
+    def changed(change):
+        new = copy.deepcopy(daemonset)
+        change(new)
+        return new
+
+    def mode(value):
+        return lambda d: d["spec"]["template"]["metadata"]["annotations"].update({"wasmlet.dev/mode": value})
+
+    # What the hook does.
+    assert policy.allows(hook, "a", daemonset, changed(mode("uninstall")))
+    # What a pod that got the hook's token could try.
+    pod = lambda d: d["spec"]["template"]["spec"]  # noqa: E731
+    attacks = {
+        "another mode": mode("install-anything"),
+        "another image": lambda d: pod(d)["containers"][0].update(image="evil.example/root:latest"),
+        "another command": lambda d: pod(d)["containers"][0].update(command=["/bin/sh", "-c", "id"]),
+        "another host path": lambda d: pod(d)["volumes"][0]["hostPath"].update(path="/etc"),
+        "another template label": lambda d: d["spec"]["template"]["metadata"].setdefault("labels", {}).update(x="y"),
+        "another annotation": lambda d: d["spec"]["template"]["metadata"]["annotations"].update(x="y"),
+        "an owner": lambda d: d["metadata"].update(ownerReferences=[{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "1"}]),
+        "a finalizer": lambda d: d["metadata"].update(finalizers=["example.com/never"]),
+        "the update strategy": lambda d: d["spec"].update(updateStrategy={
+            "type": "OnDelete" if d["spec"]["updateStrategy"]["type"] == "RollingUpdate" else "RollingUpdate"}),
+        "the history kept": lambda d: d["spec"].update(revisionHistoryLimit=0),
+        "the ready delay": lambda d: d["spec"].update(minReadySeconds=3600),
+    }
+    for what, attack in attacks.items():
+        both = lambda d, attack=attack: (mode("uninstall")(d), attack(d))  # noqa: E731
+        assert not policy.allows(hook, "a", daemonset, changed(both)), what
+    assert not policy.allows(hook, "a", daemonset, changed(mode("uninstall")), sub_resource="status")
+    # Anyone else (helm upgrade, an admin) is not this policy's business.
+    assert policy.allows("admin", "a", daemonset, changed(attacks["another image"]))
+
+
+def test_the_uninstall_hooks_account_exists_only_while_uninstall_runs(variant):
+    _, release, values, kinds, _ = variant
+    (job,) = kinds["Job"]
+    hook = job["spec"]["template"]["spec"]["serviceAccountName"]
+    made_for_the_hook = [doc for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+                         for doc in kinds[kind] if doc["metadata"]["name"] == hook]
+    assert sorted(doc["kind"] for doc in made_for_the_hook) == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"]
+    job_weight = int(job["metadata"]["annotations"].get("helm.sh/hook-weight", "0"))
+    for doc in made_for_the_hook:
+        annotations = doc["metadata"].get("annotations", {})
+        assert annotations.get("helm.sh/hook") == "pre-delete", doc
+        assert int(annotations["helm.sh/hook-weight"]) < job_weight, doc
+        assert set(annotations["helm.sh/hook-delete-policy"].split(",")) >= {"hook-succeeded", "hook-failed"}, doc
 
 
 def notes_pod(notes):

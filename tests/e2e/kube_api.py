@@ -1,7 +1,8 @@
 """A stand-in for the Kubernetes API server, for the node installer's
 tests: HTTPS on 127.0.0.1 with a CA of its own, a bearer token, and the
 few calls the installer makes (label a node, list nodes by label, patch a
-DaemonSet's pod template). Python stdlib plus the openssl CLI.
+DaemonSet's pod template, get, create and update a Lease with the API's
+optimistic concurrency). Python stdlib plus the openssl CLI.
 
     api = KubeApi(nodes=["node-1"])
     subprocess.run([...installer...], env={**api.env("node-1")})
@@ -30,6 +31,8 @@ class KubeApi:
         self.daemonsets = {}  # (namespace, name) -> pod template annotations
         self.label_patches = []  # (node, {label: value or None}) in order
         self.on_daemonset_patch = None  # called with (namespace, name)
+        self.leases = {}  # (namespace, name) -> Lease
+        self.lease_writes = []  # (namespace, name, holder or None) in order
         self.lock = threading.Lock()
         self._make_certificates()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -108,10 +111,62 @@ def _handler(api):
                 return False
             return True
 
+        def _lease_key(self):
+            """(namespace, name or None) of a Lease URL, else None."""
+            parts = urllib.parse.urlsplit(self.path).path.strip("/").split("/")
+            if len(parts) in (6, 7) and parts[:4] == ["apis", "coordination.k8s.io", "v1", "namespaces"] \
+                    and parts[5] == "leases":
+                return parts[4], parts[6] if len(parts) == 7 else None
+            return None
+
+        def _body(self):
+            return json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+
+        def _write_lease(self, key, lease, create):
+            """Creates or replaces the Lease as the API server would: a
+            create of one that exists, or a replace from an older
+            resourceVersion, is a Conflict."""
+            with api.lock:
+                current = api.leases.get(key)
+                if create and current is not None:
+                    return self._fail(409, f'leases.coordination.k8s.io "{key[1]}" already exists')
+                if not create and current is None:
+                    return self._fail(404, f'leases.coordination.k8s.io "{key[1]}" not found')
+                if not create and lease["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                    return self._fail(409, "the object has been modified; please apply your changes to the latest version")
+                lease["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1 if current else 1)
+                api.leases[key] = lease
+                api.lease_writes.append((*key, lease.get("spec", {}).get("holderIdentity")))
+            self._answer(201 if create else 200, lease)
+
+        def do_POST(self):
+            if not self._authorised():
+                return
+            key = self._lease_key()
+            if key is None or key[1] is not None:
+                return self._fail(404, f"no route {self.path}")
+            lease = self._body()
+            self._write_lease((key[0], lease["metadata"]["name"]), lease, create=True)
+
+        def do_PUT(self):
+            if not self._authorised():
+                return
+            key = self._lease_key()
+            if key is None or key[1] is None:
+                return self._fail(404, f"no route {self.path}")
+            self._write_lease(key, self._body(), create=False)
+
         def do_GET(self):
             if not self._authorised():
                 return
             url = urllib.parse.urlsplit(self.path)
+            lease_key = self._lease_key()
+            if lease_key is not None and lease_key[1] is not None:
+                with api.lock:
+                    lease = api.leases.get(lease_key)
+                if lease is None:
+                    return self._fail(404, f'leases.coordination.k8s.io "{lease_key[1]}" not found')
+                return self._answer(200, lease)
             if url.path != "/api/v1/nodes":
                 return self._fail(404, f"no route {url.path}")
             selector = urllib.parse.parse_qs(url.query).get("labelSelector", [""])[0]

@@ -47,6 +47,11 @@ DISTRIBUTIONS = {
 K3S_BASE = '{{ template "base" . }}'
 
 # The stand-in systemctl: hand the request to the harness, wait for its answer.
+CONTAINERD_VERSION_SCRIPT = """#!/bin/sh
+# Stand-in for the node's containerd binary (tests/e2e/node.py): its version.
+echo "containerd github.com/containerd/containerd v{version} node-stand-in"
+"""
+
 SYSTEMCTL = """#!/bin/sh
 # Stand-in for systemctl (tests/e2e/node.py): the test harness does the work.
 echo "$*" > /run/systemctl.request.new && mv /run/systemctl.request.new /run/systemctl.request
@@ -68,6 +73,8 @@ class Node(Containerd):
         self.original = original
         self.user_template = template
         self.restarts = 0
+        # (start, end) of each restart, by time.monotonic().
+        self.restart_times = []
         self.refuse_next_start = False  # a restart leaves containerd down
         self.systemctl_calls = []
         self._closing = threading.Event()
@@ -118,6 +125,9 @@ class Node(Containerd):
             os.symlink("busybox", self.path(f"/bin/{applet}"))
         self.write("/usr/bin/systemctl", SYSTEMCTL)
         os.chmod(self.path("/usr/bin/systemctl"), 0o755)
+        # What the node's `containerd --version` says (its binary runs on this machine).
+        self.write("/usr/bin/containerd", CONTAINERD_VERSION_SCRIPT.format(version=self.version))
+        os.chmod(self.path("/usr/bin/containerd"), 0o755)
         # The node's own /opt/containerd, not the machine's.
         opt_dir = os.path.join(self.dir, "opt")
         self.original = self.original.replace("/opt/containerd", opt_dir)
@@ -131,15 +141,31 @@ class Node(Containerd):
 
     def running_config(self):
         """The file containerd runs with: the node's config, with the
-        directories it imports mapped into the node's root (containerd
-        runs on this machine, whose own /etc/containerd is not the node's)."""
+        directories it imports and the shim it names mapped into the node's
+        root (containerd runs on this machine, whose own /etc/containerd
+        and /opt are not the node's). Imported drop-ins are copied, mapped
+        the same way, into a directory of the test's own."""
         text = self.read(self.paths["config"]).decode()
-        if "imports" not in text:
+        if "imports" not in text and "/opt/wasmlet/" not in text:
             return self.path(self.paths["config"])
+        drop_ins = os.path.join(self.dir, "conf.d.running")
+        shutil.rmtree(drop_ins, ignore_errors=True)
+        os.makedirs(drop_ins)
+        conf_d = self.path("/etc/containerd/conf.d")
+        for name in os.listdir(conf_d) if os.path.isdir(conf_d) else []:
+            with open(os.path.join(conf_d, name)) as f:
+                mapped = self._mapped(f.read())
+            with open(os.path.join(drop_ins, name), "w") as f:
+                f.write(mapped)
         rendered = os.path.join(self.dir, "config.running.toml")
         with open(rendered, "w") as f:
-            f.write(text.replace('"/etc/containerd/', f'"{self.path("/etc/containerd")}/'))
+            f.write(self._mapped(text.replace('"/etc/containerd/conf.d/', f'"{drop_ins}/')
+                                 .replace('"/etc/containerd/', f'"{self.path("/etc/containerd")}/')))
         return rendered
+
+    def _mapped(self, text):
+        """A config's text with wasmlet's host paths in the node's root."""
+        return text.replace('"/opt/wasmlet/', f'"{self.path("/opt/wasmlet")}/')
 
     def _render(self):
         """k3s's part at start: the user template, with the base in it."""
@@ -185,12 +211,16 @@ class Node(Containerd):
             os.rename(done + ".new", done)
 
     def _restart(self):
+        started = time.monotonic()
         terminate(self.proc)
         self.restarts += 1
-        if self.refuse_next_start:
-            self.refuse_next_start = False
-            return
-        self._start(30)
+        try:
+            if self.refuse_next_start:
+                self.refuse_next_start = False
+                return
+            self._start(30)
+        finally:
+            self.restart_times.append((started, time.monotonic()))
 
     # ---- the installer -------------------------------------------------
 

@@ -4,6 +4,7 @@ version: install, run a wasm pod through CRI, install again (no change),
 upgrade the shim (one restart), uninstall (the config byte for byte as it
 was); and its failures, which leave the node as it was."""
 
+import datetime
 import os
 import re
 import shutil
@@ -25,6 +26,9 @@ from kubelet import Kubelet, read_cri_log, v1
 NODE = "node-1"
 LABEL = "wasmlet.dev/installed"
 MAJOR = int(CONTAINERD_VERSION.split(".")[0])
+# containerd 1.6 ignores runtime_path when it starts a pod's sandbox: it
+# finds the shim only on its PATH, where the installer then links it.
+NEEDS_LINK = tuple(int(part) for part in CONTAINERD_VERSION.split(".")[:2]) < (1, 7)
 HERE = os.path.dirname(os.path.abspath(__file__))
 IMAGES_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "out", "images")
 HELLO_MANIFEST = os.path.join(os.path.dirname(HERE), "cri", "manifests", "hello-wasm.yaml")
@@ -202,7 +206,8 @@ def test_install_reinstall_upgrade_uninstall(case, make_node, api, tmp_path):
     assert node.restarts == 1
     with open(SHIM, "rb") as f:
         assert node.read(SHIM_HOST_PATH) == f.read()
-    assert os.path.realpath(node.path(LINK)) == node.path(SHIM_HOST_PATH)
+    # containerd finds it by its path: nothing goes onto containerd's PATH (but for 1.6).
+    assert os.path.lexists(node.path(LINK)) == NEEDS_LINK
     assert api.nodes[NODE] == {LABEL: "true"}
     if drop_in:
         assert node.read(node.paths["config"]).decode() == node.original, "the main file was edited"
@@ -216,8 +221,11 @@ def test_install_reinstall_upgrade_uninstall(case, make_node, api, tmp_path):
     if drop_in:
         # `config dump` fills in every default of the handler.
         assert handlers["wasmlet"]["runtime_type"] == "io.containerd.wasmlet.v1"
+        # The dump is of the config as it runs here, the node's /opt mapped into its root.
+        assert handlers["wasmlet"]["runtime_path"] == node.path(SHIM_HOST_PATH)
+        assert f'runtime_path = "{SHIM_HOST_PATH}"' in node.read(DROP_IN).decode()
     else:
-        assert handlers["wasmlet"] == {"runtime_type": "io.containerd.wasmlet.v1"}
+        assert handlers["wasmlet"] == {"runtime_type": "io.containerd.wasmlet.v1", "runtime_path": SHIM_HOST_PATH}
     assert "runc" in handlers
     if case == "other-runtimes":
         assert handlers["crun"]["options"] == {"BinaryName": "/usr/local/bin/crun"}
@@ -350,7 +358,7 @@ def test_upgrade_and_uninstall_under_a_running_wasm_pod(make_node, api, tmp_path
         assert refused.returncode != 0
         assert "wasm pods still run on this node" in refused.stderr and str(old_shim) in refused.stderr, refused.stderr
         assert api.label_patches == [(NODE, {LABEL: "uninstalling"})]
-        assert os.path.exists(node.path(SHIM_HOST_PATH)) and os.path.lexists(node.path(LINK))
+        assert os.path.exists(node.path(SHIM_HOST_PATH))
         assert node.restarts == 1
         assert kubelet.container_status(container_id).state == v1.CONTAINER_RUNNING
 
@@ -410,6 +418,58 @@ def test_containerd_not_coming_back_undoes_the_install(make_node, api):
     assert not os.path.exists(node.path("/opt/wasmlet"))
     assert not os.path.lexists(node.path(LINK))
     assert api.nodes[NODE] == {}
+
+
+def test_a_node_whose_usr_is_read_only_gets_wasmlet_all_the_same(make_node, api):
+    """Container-Optimized OS, Bottlerocket, Flatcar and Talos keep /usr
+    read-only: the shim is named by its path in /opt (runtime_path), never
+    linked there. containerd 1.6 alone needs the link: there the install
+    fails, saying so, and puts the node back. A link an older install left
+    is removed where /usr can be written; where it cannot, it stays (it
+    names the same shim) and the install goes ahead."""
+    node = make_node("containerd", default_config())
+    usr = node.path("/usr")
+
+    def read_only_usr(then):
+        subprocess.run(["mount", "--bind", usr, usr], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", usr], check=True)
+            with pytest.raises(OSError):
+                open(node.path("/usr/local/bin/probe"), "w").close()
+            then()
+        finally:
+            subprocess.run(["umount", usr], check=True)
+
+    if NEEDS_LINK:
+        def refused():
+            result = node.run_installer("install", env=api.env(NODE))
+            assert result.returncode != 0
+            assert "containerd 1.6 ignores runtime_path when it starts a pod's sandbox" in result.stderr, result.stderr
+            assert not os.path.exists(node.path("/opt/wasmlet"))
+            assert node.read(node.paths["config"]).decode() == node.original
+        read_only_usr(refused)
+        return
+
+    def installed_and_removed():
+        succeeded(node.run_installer("install", env=api.env(NODE)))
+        assert api.nodes[NODE] == {LABEL: "true"}
+        run_hello(node)
+        succeeded(node.run_installer("uninstall", env=api.env(NODE)))
+        assert node.read(node.paths["config"]).decode() == node.original
+        assert not os.path.exists(node.path("/opt/wasmlet"))
+    read_only_usr(installed_and_removed)
+
+    # An install from before runtime_path left its link.
+    os.symlink("../../../opt/wasmlet/bin/containerd-shim-wasmlet-v1", node.path(LINK))
+
+    def kept():
+        assert "leaving wasmlet's" in succeeded(node.run_installer("install", env=api.env(NODE)))
+        assert os.path.islink(node.path(LINK))
+        run_hello(node)
+    read_only_usr(kept)
+    succeeded(node.run_installer("install", env=api.env(NODE)))
+    assert not os.path.lexists(node.path(LINK))
+    succeeded(node.run_installer("uninstall", env=api.env(NODE)))
 
 
 @pytest.fixture
@@ -510,3 +570,47 @@ def test_installer_image_holds_both_binaries(ctd):
         result = ctd.run(image, f"installer-image-{i}", binary, "--version", runtime="io.containerd.runc.v2")
         assert result.returncode == 0, result.stderr
         assert "0.1.0" in result.stdout
+
+
+def test_nodes_restart_containerd_one_at_a_time(make_node, api):
+    """A first install on three nodes at once, as a new DaemonSet starts
+    them: each restart of containerd holds the one restart Lease, so no two
+    restarts overlap, and every node ends installed and labelled. The Lease
+    starts out held by a node that died mid-restart: everyone waits until
+    its time is up."""
+    names = ["node-1", "node-2", "node-3"]
+    nodes = [make_node("containerd", default_config()) for _ in names]
+    for name in names:
+        api.nodes[name] = {}
+    slots = {"WASMLET_RESTART_LEASES": "wasmlet-restart", "POD_NAMESPACE": "wasmlet-system",
+             "WASMLET_MAX_CONCURRENT_RESTARTS": "1"}
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    api.leases[("wasmlet-system", "wasmlet-restart-0")] = {
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "wasmlet-restart-0", "namespace": "wasmlet-system", "resourceVersion": "1"},
+        "spec": {"holderIdentity": "node-gone", "leaseDurationSeconds": 4, "acquireTime": now, "renewTime": now}}
+    results = {}
+
+    def install(node, name):
+        results[name] = node.run_installer("install", env={**api.env(name), **slots})
+
+    threads = [threading.Thread(target=install, args=pair) for pair in zip(nodes, names)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name in names:
+        succeeded(results[name])
+        assert api.nodes[name] == {LABEL: "true"}
+    assert [node.restarts for node in nodes] == [1, 1, 1]
+    # No two restarts overlap: each began after the one before it ended.
+    restarts = sorted(interval for node in nodes for interval in node.restart_times)
+    for (_, ended), (began, _) in zip(restarts, restarts[1:]):
+        assert began >= ended, restarts
+    # The Lease went from holder to holder, given back after each restart.
+    holders = [holder for namespace, lease, holder in api.lease_writes if (namespace, lease) == ("wasmlet-system", "wasmlet-restart-0")]
+    assert sorted(h for h in holders if h) == names and all(not h for h in holders[1::2]), holders
+    for name in names:
+        assert "waiting to restart containerd: 1 of the cluster's nodes restart at a time" in results[name].stderr, results[name].stderr
+    for node in nodes:
+        succeeded(node.run_installer("uninstall", env={**api.env(names[nodes.index(node)]), **slots}))
