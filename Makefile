@@ -30,6 +30,7 @@ help:
 	@echo "          installer, pods through CRI with the systemd and cgroupfs drivers"
 	@echo "  test    deps + build + release + images + unit + chart + e2e + vm-test (what CI runs)"
 	@echo "  demo    run wasm and runc tasks side by side and print a table"
+	@echo "          (demo, e2e and bench run the shim that ships: out/release)"
 	@echo "  bench   run the benchmarks (tests/bench.py)"
 	@echo "  wasm-image KIND=plain|artifact WASM=FILE NAME=REF OUT=TAR"
 	@echo "          pack a .wasm as an OCI image archive (images/wasm_image.py)"
@@ -39,8 +40,10 @@ help:
 
 deps:
 	bash tests/deps.sh
+	bash tests/build_cache.sh
 
 build:
+	bash tests/build_cache.sh
 	cargo build --release
 
 release: deps
@@ -89,10 +92,10 @@ vm-test: deps release images
 
 test: deps build release images unit chart e2e vm-test
 
-demo: deps build images
+demo: deps release images
 	python3 tests/demo.py
 
-bench: deps build images
+bench: deps release images
 	python3 tests/bench.py
 
 wasm-image:

@@ -47,7 +47,7 @@ sys.path.insert(0, os.path.join(TESTS_DIR, "e2e"))
 # since importing it generates the CRI stubs, which --no-pods does without.
 sys.path.insert(0, os.path.join(TESTS_DIR, "cri"))
 
-from harness import (CONTAINERD_VERSION, REPO_ROOT, RUNC_RUNTIME, SHIM_NAME,  # noqa: E402
+from harness import (CONTAINERD_VERSION, DEFAULT_SHIM_DIR, REPO_ROOT, RUNC_RUNTIME, SHIM_NAME,  # noqa: E402
                      WASM_RUNTIME, Containerd)
 from bench_http import bench_http, http_goals, print_http_table  # noqa: E402
 from bench_programs import bench_programs, forget_compiled, print_programs_table  # noqa: E402
@@ -664,9 +664,9 @@ def main():
     missing = [t for t in needed if not os.path.exists(os.path.join(IMAGES_DIR, t))]
     if missing:
         sys.exit(f"bench: missing {', '.join(missing)} in {IMAGES_DIR}: run make images")
-    shim = os.path.join(REPO_ROOT, "target", "release", SHIM_NAME)
+    shim = os.path.join(DEFAULT_SHIM_DIR, SHIM_NAME)
     if not os.path.exists(shim):
-        sys.exit(f"bench: {shim} is missing: run make build")
+        sys.exit(f"bench: {shim} is missing: run make release")
 
     timestamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     ctd = Containerd(namespace=NAMESPACE)

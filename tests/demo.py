@@ -19,7 +19,7 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(TESTS, "e2e"))
 sys.path.insert(0, os.path.join(TESTS, "cri"))
 
-from harness import REPO_ROOT, RUNC_RUNTIME, SHIM_NAME, WASM_RUNTIME, Containerd  # noqa: E402
+from harness import DEFAULT_SHIM_DIR, REPO_ROOT, RUNC_RUNTIME, SHIM_NAME, WASM_RUNTIME, Containerd  # noqa: E402
 
 IMAGES_DIR = os.path.join(REPO_ROOT, "out", "images")
 EXCERPT = 70  # characters of output shown per task
@@ -172,9 +172,9 @@ def run_pods():
 def main():
     if not glob.glob(os.path.join(IMAGES_DIR, "*.tar")):
         sys.exit(f"no images in {IMAGES_DIR}: run make images")
-    shim = os.path.join(REPO_ROOT, "target", "release", SHIM_NAME)
+    shim = os.path.join(DEFAULT_SHIM_DIR, SHIM_NAME)
     if not os.path.exists(shim):
-        print(f"warning: {shim} is missing (run make build); wasm tasks will fail", file=sys.stderr)
+        print(f"warning: {shim} is missing (run make release); wasm tasks will fail", file=sys.stderr)
 
     ctd = Containerd(namespace="wasmlet-demo")
     atexit.register(ctd.stop)

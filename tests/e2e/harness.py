@@ -45,7 +45,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 CONTAINERD_VERSION = os.environ.get("WASMLET_CONTAINERD", "1.6.20")
 CONTAINERD_SCRIPT = os.path.join(REPO_ROOT, "tests", "containerd.sh")
 SHIM_NAME = "containerd-shim-wasmlet-v1"
-DEFAULT_SHIM_DIR = os.path.join(REPO_ROOT, "target", "release")
+# The shim that ships: make release's static (musl) build, whose allocator
+# and libc are what nodes run, not the glibc build of make build.
+DEFAULT_SHIM_DIR = os.path.join(REPO_ROOT, "out", "release")
 WASM_RUNTIME = "io.containerd.wasmlet.v1"
 RUNC_RUNTIME = "io.containerd.runc.v2"
 # What a CRI RuntimeClass names as its handler, and the runtime it maps to.
