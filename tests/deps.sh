@@ -26,8 +26,10 @@ CHART_TOOLS=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 cel-python==0.5.
 # wrk loads the HTTP servers in `make bench`; musl-tools (musl-gcc) and
 # binutils (strip, readelf) build and check the static release; openssl
 # makes the certificates of the installer tests' stand-in API server;
-# debootstrap, cpio, xz-utils and zstd make the VM lane's node (tests/vm).
-APT_PACKAGES=(containerd runc protobuf-compiler busybox-static wabt jq iproute2 wrk musl-tools binutils openssl debootstrap cpio xz-utils zstd)
+# debootstrap, cpio, xz-utils and zstd make the VM lane's node (tests/vm), and
+# qemu-utils' qemu-img its copy-on-write disk (a machine may have a newer one:
+# then nothing is installed).
+APT_PACKAGES=(containerd runc protobuf-compiler busybox-static wabt jq iproute2 wrk musl-tools binutils openssl debootstrap cpio xz-utils zstd qemu-utils)
 # The workloads, and the static release (`make release`).
 RUST_TARGETS=(wasm32-wasip1 wasm32-wasip2 x86_64-unknown-linux-musl)
 
