@@ -704,11 +704,13 @@ def host_cgroup_of(pid):
 
 def update_of_a_wasm_containers_cpu_applies_and_of_its_memory_is_refused(kubelet, leftovers):
     """Not differential: runc has no wasm containers. A resize of cpu and
-    the CPU manager's cpuset reach the wasm container's cgroup; a wasm
+    the CPU manager's cpuset reach the wasm container's cgroup (its memory
+    limit, 100M, is no whole number of pages: the kernel's rounding is no
+    change of memory); a wasm
     instance sized its memory cap when it started, so a resize of memory
     is refused, saying so, and the container runs on, unchanged."""
     the_pod = pod("wasmlet", "wasm-update", [{"name": "sleep", "image": WASM_SLEEP,
-                                              "resources": {"limits": {"memory": "64Mi", "cpu": "250m"}}}],
+                                              "resources": {"limits": {"memory": "100M", "cpu": "250m"}}}],
                   sidecar=False)
     with kubelet.running_pod(the_pod) as sandbox_id:
         container_id = kubelet.create_container(the_pod, sandbox_id, "sleep")
@@ -719,7 +721,7 @@ def update_of_a_wasm_containers_cpu_applies_and_of_its_memory_is_refused(kubelet
 
         # In-place resize of cpu: 250m to 500m.
         kubelet.runtime.UpdateContainerResources(v1.UpdateContainerResourcesRequest(
-            container_id=container_id, linux=resized(the_pod, "sleep", {"memory": "64Mi", "cpu": "500m"})), timeout=30)
+            container_id=container_id, linux=resized(the_pod, "sleep", {"memory": "100M", "cpu": "500m"})), timeout=30)
         assert host_cgroup_of(pid)["cpu_quota"] == "50000", host_cgroup_of(pid)
         assert resources_fact(kubelet.container_status(container_id))["cpu_quota"] == 50000
         # The CPU manager narrows a shared-pool container to the CPUs left: only cpuset_cpus.
@@ -737,8 +739,10 @@ def update_of_a_wasm_containers_cpu_applies_and_of_its_memory_is_refused(kubelet
             outcome = e.details() or ""
         assert "memory limit is not supported for wasm containers" in outcome and "memory cap" in outcome, outcome
         assert kubelet.container_status(container_id).state == RUNNING
-        assert resources_fact(kubelet.container_status(container_id)).get("memory_limit_in_bytes") == 64 << 20
-        assert host_cgroup_of(pid)["memory"] == str(64 << 20), host_cgroup_of(pid)
+        assert resources_fact(kubelet.container_status(container_id)).get("memory_limit_in_bytes") == 100_000_000
+        # The kernel keeps the limit in whole pages (100M is not a whole number of them).
+        page = os.sysconf("SC_PAGE_SIZE")
+        assert host_cgroup_of(pid)["memory"] == str(100_000_000 // page * page), host_cgroup_of(pid)
     assert leftovers() == []
 
 

@@ -32,23 +32,37 @@ enum Phase {
 struct Lifecycle {
     /// 0 until known: an exec gets its pid at Start.
     pid: u32,
-    /// The process itself, not its number: signals sent through it never
-    /// reach another process that got the pid after this one was reaped.
-    pidfd: Option<OwnedFd>,
+    /// The process itself, not its number (see `Handle`).
+    handle: Handle,
     phase: Phase,
 }
 
-/// A pidfd for `pid`, taken as soon as the pid is known (the process is
-/// the shim's child, or runc's reparented to it, and is not reaped before
-/// the exit path sees it); None for none or if the kernel refuses.
-fn pidfd_of(pid: u32) -> Option<OwnedFd> {
+/// How signals reach the process.
+#[derive(Debug)]
+enum Handle {
+    /// Not known yet (an exec before its Start).
+    None,
+    /// Its pidfd: never another process that took its pid after it was reaped.
+    Pidfd(OwnedFd),
+    /// It was gone already when its pid became known.
+    Gone,
+    /// Only its pid: a kernel without pidfd_open.
+    Pid,
+}
+
+/// A handle for `pid`, taken as soon as the pid is known.
+fn handle_of(pid: u32) -> Handle {
     if pid == 0 {
-        return None;
+        return Handle::None;
     }
     // Safety: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // Safety: a descriptor just returned to us, owned by nothing else.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    match Errno::result(fd) {
+        // Safety: a descriptor just returned to us, owned by nothing else.
+        Ok(fd) => Handle::Pidfd(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+        Err(Errno::ESRCH) => Handle::Gone,
+        Err(_) => Handle::Pid,
+    }
 }
 
 #[derive(Debug)]
@@ -77,7 +91,7 @@ pub enum StartError {
 impl Process {
     /// A created process (`name` says what it is); `pid` is 0 when it has none yet.
     pub fn new(id: &str, name: String, io: IoPaths, pid: u32) -> Self {
-        let state = Mutex::new(Lifecycle { pid, pidfd: pidfd_of(pid), phase: Phase::Created });
+        let state = Mutex::new(Lifecycle { pid, handle: handle_of(pid), phase: Phase::Created });
         Process { id: id.to_string(), name, io, state, exited: Condvar::new(), console: OnceLock::new() }
     }
 
@@ -94,7 +108,7 @@ impl Process {
         }
         let pid = start()?;
         if pid != state.pid {
-            state.pidfd = pidfd_of(pid);
+            state.handle = handle_of(pid);
         }
         state.pid = pid;
         state.phase = Phase::Running;
@@ -120,18 +134,18 @@ impl Process {
     }
 
     /// Sends `signal` to the process through its pidfd (by pid only where
-    /// the kernel gave none). ESRCH: it has exited, whether or not its exit
-    /// has been told yet.
+    /// the kernel has no pidfds). ESRCH: it has exited, whether or not its
+    /// exit has been told yet.
     pub fn signal(&self, signal: Signal) -> nix::Result<()> {
         let state = self.state.lock().unwrap();
-        match &state.pidfd {
-            Some(pidfd) => {
+        match &state.handle {
+            Handle::Pidfd(pidfd) => {
                 // Safety: pidfd_send_signal reads the descriptor and no siginfo (null).
                 let sent = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), signal as i32, std::ptr::null::<libc::siginfo_t>(), 0) };
                 Errno::result(sent).map(drop)
             }
-            None if state.pid == 0 => Err(Errno::ESRCH),
-            None => kill(Pid::from_raw(state.pid as i32), signal),
+            Handle::None | Handle::Gone => Err(Errno::ESRCH),
+            Handle::Pid => kill(Pid::from_raw(state.pid as i32), signal),
         }
     }
 

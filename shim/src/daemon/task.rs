@@ -263,7 +263,8 @@ impl Task {
         let Some(path) = &self.cgroup.path else {
             return Err(anyhow::anyhow!("task {} has no cgroup to update", self.id).into());
         };
-        let wanted = cgroup::memory_limit(Some(&resources));
+        // The kernel keeps a limit in whole pages (`1G` is not one).
+        let wanted = cgroup::memory_limit(Some(&resources)).map(cgroup::page_aligned);
         if wanted != cgroup::memory_limit_now(path) {
             return Err(TaskError::WasmMemoryUpdate);
         }

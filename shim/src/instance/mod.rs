@@ -29,13 +29,14 @@ use crate::shared::status_pipe::{OUT_OF_MEMORY, START_FD, STATUS_FD};
 pub fn main() -> ! {
     // Safety: the daemon hands these descriptors over and nothing else owns them.
     let mut status = unsafe { File::from_raw_fd(STATUS_FD) };
-    // The compiler process this instance may run must not hold its pipes.
-    for fd in [STATUS_FD, START_FD] {
-        let _ = nix::fcntl::fcntl(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC));
-    }
     // Before anything: no process of the pod may reach into this one's
-    // descriptors or memory through /proc while it holds privileges.
-    let set_up = sandbox::undumpable().and_then(|()| LaunchPlan::receive()).and_then(|plan| Ok((setup::setup(&plan, &mut status)?, plan.termination_message)));
+    // descriptors or memory through /proc while it holds privileges; and
+    // the compiler process it may run must not hold its pipes (with the
+    // status pipe it could name any pid as the task's).
+    let set_up = sandbox::undumpable()
+        .and_then(|()| close_on_exec(&[STATUS_FD, START_FD]))
+        .and_then(|()| LaunchPlan::receive())
+        .and_then(|plan| Ok((setup::setup(&plan, &mut status)?, plan.termination_message)));
     let (ready, termination_message) = match set_up {
         Ok(ready) => ready,
         Err(err) => {
@@ -58,6 +59,16 @@ pub fn main() -> ! {
     }
     let _ = std::io::stdout().flush();
     std::process::exit(ended.code);
+}
+
+fn close_on_exec(fds: &[i32]) -> anyhow::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    for fd in fds {
+        // Safety: the daemon handed these descriptors over; they stay open.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(*fd) };
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| anyhow::anyhow!("mark descriptor {fd:?} close-on-exec: {e}"))?;
+    }
+    Ok(())
 }
 
 /// One byte on the start pipe runs the guest; end-of-file means the task

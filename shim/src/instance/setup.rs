@@ -27,7 +27,9 @@ pub fn setup(plan: &LaunchPlan, status: &mut File) -> Result<ReadyGuest> {
         privileges::set_oom_score_adj(score)?;
     }
     // Outside the pod's PID namespace still: a compiler process started
-    // here is none the pod's processes can see.
+    // here is none the pod's processes can see. (One thread: the compiler
+    // is forked, and so is the PID namespace's process below.)
+    privileges::ensure_single_thread()?;
     let name = plan.program.name();
     let (compiled, outcome) = wasm_source::fetch(plan, &name)?;
     privileges::ensure_single_thread()?;

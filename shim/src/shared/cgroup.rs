@@ -38,6 +38,13 @@ pub fn update_cpu(path: &str, resources: &LinuxResources) -> Result<()> {
     cgroup.apply(&cpu_only).with_context(|| format!("update the cpu limits of cgroup {path}"))
 }
 
+/// A memory limit as the kernel keeps it: rounded down to whole pages.
+pub fn page_aligned(limit: u64) -> u64 {
+    // Safety: sysconf only reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    limit / page * page
+}
+
 /// The memory limit the cgroup has now, in bytes; None for no limit.
 pub fn memory_limit_now(path: &str) -> Option<u64> {
     let root = Path::new(CGROUP_ROOT);
@@ -189,6 +196,14 @@ mod tests {
         assert_eq!(to_limits(&cpu(10_240), true).cpu.shares, Some(391));
         assert_eq!(to_limits(&cpu(512), false).cpu.shares, Some(512));
         assert_eq!(to_limits(&cpu(262_144), true).cpu.shares, Some(10_000));
+    }
+
+    #[test]
+    fn limits_are_compared_as_the_kernel_keeps_them() {
+        // Safety: sysconf only reads a constant of the system.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        assert_eq!(page_aligned(1_000_000_000), 1_000_000_000 / page * page);
+        assert_eq!(page_aligned(64 << 20), 64 << 20);
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //! - that file is opened through a read-only view of the cache's mount, so
 //!   nobody who can see the instance reopens it for writing through
 //!   `/proc/PID/fd` (EROFS, whatever their uid or capabilities): the pages
-//!   every pod of the module maps stay as verified;
+//!   every pod of the module maps stay as verified (what CAP_SYS_PTRACE in
+//!   the pod reaches during setup is docs/security.md's known limit);
 //! - it is mapped only by a process that holds no capability (`map`
 //!   refuses otherwise): were the compiler subverted, its code would run
 //!   with no more than the guest's own user;
