@@ -28,8 +28,12 @@ use crate::shared::cgroup;
 /// Containers carrying the same sandbox id share one shim (one per pod).
 const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
 
-/// How long the ttrpc server may take to close once the daemon is done.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long the ttrpc server may take to close once the daemon is done:
+/// no task is left and the requests in flight were answered, so a
+/// connection handler still running then is one that never returns (under
+/// load, seen holding a daemon alive past RemovePodSandbox; its cause is not
+/// found yet). Short, as a shim that outlives its pod is a leftover.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How long events still queued at the end may wait for containerd.
 const EVENTS_GRACE: Duration = Duration::from_secs(10);
 
